@@ -1,6 +1,29 @@
-//! Command-line interface: one subcommand per job, each defined next to the code that runs it.
+//! Command-line interface: one subcommand per job; each subcommand's flags are defined next to
+//! the code that runs it, and `--help` is the manual.
 use std::process::ExitCode;
 
+use clap::{Parser, Subcommand};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "identity-sidecar",
+    version,
+    about = "Azure managed-identity endpoints (IMDS, App Service) from a workload-identity federated token"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Serve managed-identity tokens exchanged from the federated token file.
+    Serve(crate::config::ServeArgs),
+}
+
 pub fn main() -> ExitCode {
-    ExitCode::SUCCESS
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve(args) => crate::serve::run(args),
+    }
 }
