@@ -16,9 +16,15 @@ pub fn available(test: &str) -> bool {
         return true;
     }
     if std::env::var("IDENTITY_SIDECAR_REQUIRE_SDKS").as_deref() == Ok("1") {
-        panic!("{test}: the Azure SDKs are not installed in {}; run scripts/install-sdks", c.display());
+        panic!(
+            "{test}: the Azure SDKs are not installed in {}; run scripts/install-sdks",
+            c.display()
+        );
     }
-    eprintln!("\n*** SKIP {test}: Azure SDKs not installed in {} (run scripts/install-sdks) ***\n", c.display());
+    eprintln!(
+        "\n*** SKIP {test}: Azure SDKs not installed in {} (run scripts/install-sdks) ***\n",
+        c.display()
+    );
     false
 }
 
@@ -40,16 +46,30 @@ fn clean(program: PathBuf, envs: &[(&str, String)]) -> Command {
 fn run(mut cmd: Command) -> serde_json::Value {
     let out = cmd.output().expect("run SDK client");
     let stdout = String::from_utf8_lossy(&out.stdout);
-    let line = stdout.lines().rev().find(|l| l.starts_with('{')).unwrap_or("");
+    let line = stdout
+        .lines()
+        .rev()
+        .find(|l| l.starts_with('{'))
+        .unwrap_or("");
     serde_json::from_str(line).unwrap_or_else(|_| {
-        panic!("SDK client printed no JSON.\nstdout: {stdout}\nstderr: {}", String::from_utf8_lossy(&out.stderr))
+        panic!(
+            "SDK client printed no JSON.\nstdout: {stdout}\nstderr: {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
     })
 }
 
 /// `tests/sdk/mi_client.py LIB RESOURCE [CLIENT_ID]` under `envs`.
-pub fn python_mi(lib: &str, resource: &str, client_id: Option<&str>, envs: &[(&str, String)]) -> serde_json::Value {
+pub fn python_mi(
+    lib: &str,
+    resource: &str,
+    client_id: Option<&str>,
+    envs: &[(&str, String)],
+) -> serde_json::Value {
     let mut cmd = clean(cache().join("py/bin/python"), envs);
-    cmd.arg(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/sdk/mi_client.py")).arg(lib).arg(resource);
+    cmd.arg(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/sdk/mi_client.py"))
+        .arg(lib)
+        .arg(resource);
     if let Some(c) = client_id {
         cmd.arg(c);
     }
@@ -57,11 +77,16 @@ pub fn python_mi(lib: &str, resource: &str, client_id: Option<&str>, envs: &[(&s
 }
 
 /// `node tests/sdk/mi_client.mjs RESOURCE [CLIENT_ID]` under `envs`.
-pub fn node_mi(resource: &str, client_id: Option<&str>, envs: &[(&str, String)]) -> serde_json::Value {
+pub fn node_mi(
+    resource: &str,
+    client_id: Option<&str>,
+    envs: &[(&str, String)],
+) -> serde_json::Value {
     let mut envs = envs.to_vec();
     envs.push(("SDK_NODE_DIR", cache().join("node").display().to_string()));
     let mut cmd = clean(PathBuf::from("node"), &envs);
-    cmd.arg(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/sdk/mi_client.mjs")).arg(resource);
+    cmd.arg(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/sdk/mi_client.mjs"))
+        .arg(resource);
     if let Some(c) = client_id {
         cmd.arg(c);
     }
