@@ -7,9 +7,12 @@ use std::time::Duration;
 use support::fake_entra::{FakeEntra, Reply};
 use support::*;
 
+/// Arguments, environment, and the words the error must contain.
+type Case<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)], &'a [&'a str]);
+
 #[test]
 fn configuration_mistakes_exit_2_naming_flag_and_variable() {
-    let cases: &[(&[&str], &[(&str, &str)], &[&str])] = &[
+    let cases: &[Case] = &[
         (&["serve"], &[], &["--client-id", "AZURE_CLIENT_ID"]),
         (
             &["serve", "--client-id", CLIENT_ID],
