@@ -19,11 +19,17 @@ pub struct Cli {
 pub enum Command {
     /// Serve managed-identity tokens exchanged from the federated token file.
     Serve(crate::config::ServeArgs),
+    /// Fetch a token from a running sidecar (a curl for pods that have none).
+    Token(crate::token_cmd::TokenArgs),
+    /// Check a federation setup step by step and explain what to fix.
+    Doctor(crate::doctor::DoctorArgs),
 }
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Serve(args) => crate::serve::run(args),
+        Command::Token(args) => crate::token_cmd::run(args),
+        Command::Doctor(args) => crate::doctor::run(args),
     }
 }

@@ -8,8 +8,10 @@
 pub mod cli;
 pub mod config;
 pub mod core;
+pub mod doctor;
 pub mod logging;
 pub mod metrics;
 pub mod protocol;
 pub mod serve;
 pub mod server;
+pub mod token_cmd;
