@@ -5,6 +5,7 @@
 //! - [`protocol`]: thin adapters for the IMDS and App Service protocols;
 //! - [`server`]: listeners, routing, health, metrics, shutdown;
 //! - [`config`], [`logging`], [`metrics`], [`cli`]: the edges.
+pub mod access_log;
 pub mod cli;
 pub mod config;
 pub mod core;

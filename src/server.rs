@@ -330,19 +330,18 @@ async fn handle(app: Arc<App>, req: Request<Incoming>) -> Result<Response<Body>,
     app.metrics.request(route.name(), status);
     let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
     match route {
-        Route::Imds | Route::AppService => tracing::info!(
-            flavor = out.flavor,
-            client_id = out.client_id.as_deref().unwrap_or("-"),
-            resource = out.resource.as_deref().unwrap_or("-"),
+        Route::Imds | Route::AppService => crate::access_log::record(&crate::access_log::Entry {
+            flavor: out.flavor,
+            client_id: out.client_id.as_deref().unwrap_or("-"),
+            resource: out.resource.as_deref().unwrap_or("-"),
             status,
-            latency_ms = format_args!("{latency_ms:.2}"),
-            cache = match out.cache {
+            latency_ms,
+            cache: match out.cache {
                 Some(Lookup::Hit) => "hit",
                 Some(Lookup::Miss) => "miss",
                 None => "-",
             },
-            "token request"
-        ),
+        }),
         _ => tracing::debug!(
             endpoint = route.name(),
             status,

@@ -1,0 +1,164 @@
+//! The access log: one line per token request (flavor, identity, resource, status, latency,
+//! cache hit or miss), in the same text or JSON layout as the rest of the logs.
+//!
+//! It is written on every request, so it skips `tracing`'s general-purpose formatter: the line is
+//! built in a reused per-thread buffer and handed to the batching log writer of
+//! [`crate::logging`]. `RUST_LOG` still governs it (it is an `info` event of target
+//! `identity_sidecar::access`). Without that writer (a library user, tests) it falls back to a
+//! plain `tracing` event.
+use std::cell::RefCell;
+use std::io::Write as _;
+use std::sync::OnceLock;
+
+use crate::config::LogFormat;
+
+static SINK: OnceLock<(crate::logging::BatchWriter, LogFormat)> = OnceLock::new();
+
+/// Installs the writer; called once by [`crate::logging::init`].
+pub(crate) fn install(writer: crate::logging::BatchWriter, format: LogFormat) {
+    let _ = SINK.set((writer, format));
+}
+
+/// One finished token request.
+pub struct Entry<'a> {
+    pub flavor: &'a str,
+    pub client_id: &'a str,
+    pub resource: &'a str,
+    pub status: u16,
+    pub latency_ms: f64,
+    pub cache: &'a str,
+}
+
+thread_local! {
+    static BUF: RefCell<Vec<u8>> = RefCell::new(Vec::with_capacity(512));
+}
+
+pub fn record(e: &Entry<'_>) {
+    if !tracing::enabled!(target: "identity_sidecar::access", tracing::Level::INFO) {
+        return;
+    }
+    let Some((writer, format)) = SINK.get() else {
+        tracing::info!(
+            target: "identity_sidecar::access",
+            flavor = e.flavor, client_id = e.client_id, resource = e.resource, status = e.status,
+            latency_ms = e.latency_ms, cache = e.cache, "token request"
+        );
+        return;
+    };
+    BUF.with_borrow_mut(|buf| {
+        buf.clear();
+        match format {
+            LogFormat::Json => json_line(buf, e),
+            LogFormat::Text => text_line(buf, e),
+        }
+        let mut w = writer.clone();
+        let _ = w.write_all(buf);
+    });
+}
+
+fn timestamp(buf: &mut Vec<u8>) {
+    let now = time::OffsetDateTime::now_utc();
+    let _ = write!(
+        buf,
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:06}Z",
+        now.year(),
+        u8::from(now.month()),
+        now.day(),
+        now.hour(),
+        now.minute(),
+        now.second(),
+        now.microsecond()
+    );
+}
+
+fn json_line(buf: &mut Vec<u8>, e: &Entry<'_>) {
+    buf.extend_from_slice(b"{\"timestamp\":\"");
+    timestamp(buf);
+    buf.extend_from_slice(b"\",\"level\":\"INFO\",\"message\":\"token request\",\"flavor\":");
+    json_str(buf, e.flavor);
+    buf.extend_from_slice(b",\"client_id\":");
+    json_str(buf, e.client_id);
+    buf.extend_from_slice(b",\"resource\":");
+    json_str(buf, e.resource);
+    let _ = write!(
+        buf,
+        ",\"status\":{},\"latency_ms\":{:.3},\"cache\":",
+        e.status, e.latency_ms
+    );
+    json_str(buf, e.cache);
+    buf.extend_from_slice(b"}\n");
+}
+
+fn text_line(buf: &mut Vec<u8>, e: &Entry<'_>) {
+    timestamp(buf);
+    buf.extend_from_slice(b"  INFO token request flavor=");
+    text_value(buf, e.flavor);
+    buf.extend_from_slice(b" client_id=");
+    text_value(buf, e.client_id);
+    buf.extend_from_slice(b" resource=");
+    text_value(buf, e.resource);
+    let _ = write!(
+        buf,
+        " status={} latency_ms={:.3} cache=",
+        e.status, e.latency_ms
+    );
+    text_value(buf, e.cache);
+    buf.push(b'\n');
+}
+
+fn json_str(buf: &mut Vec<u8>, s: &str) {
+    let _ = serde_json::to_writer(&mut *buf, s);
+}
+
+/// Plain when safe; quoted and escaped when the value (request input) has spaces, quotes or
+/// control characters, so a crafted resource cannot forge a log line.
+fn text_value(buf: &mut Vec<u8>, s: &str) {
+    if !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\')
+    {
+        buf.extend_from_slice(s.as_bytes());
+    } else {
+        let _ = write!(buf, "{s:?}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(resource: &str) -> Entry<'_> {
+        Entry {
+            flavor: "imds",
+            client_id: "c",
+            resource,
+            status: 200,
+            latency_ms: 0.1234,
+            cache: "hit",
+        }
+    }
+
+    #[test]
+    fn json_lines_parse_and_escape_input() {
+        let mut buf = Vec::new();
+        json_line(&mut buf, &entry("https://x\"\n{evil}"));
+        let v: serde_json::Value = serde_json::from_slice(&buf).expect("json");
+        assert_eq!(v["resource"], "https://x\"\n{evil}");
+        assert_eq!(v["status"], 200);
+        assert_eq!(buf.iter().filter(|b| **b == b'\n').count(), 1);
+    }
+
+    #[test]
+    fn text_lines_cannot_be_forged() {
+        let mut buf = Vec::new();
+        text_line(&mut buf, &entry("https://vault.azure.net"));
+        let s = String::from_utf8(buf.clone()).expect("utf8");
+        assert!(
+            s.contains(" resource=https://vault.azure.net status=200 latency_ms=0.123 cache=hit\n"),
+            "{s}"
+        );
+        buf.clear();
+        text_line(&mut buf, &entry("a\n2026-01-01T00:00:00Z  INFO forged"));
+        assert_eq!(buf.iter().filter(|b| **b == b'\n').count(), 1);
+    }
+}
