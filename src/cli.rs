@@ -1,6 +1,35 @@
 //! Command-line interface: one subcommand per job, each defined next to the code that runs it.
 use std::process::ExitCode;
 
+use clap::{Parser, Subcommand};
+
+/// Serves Azure managed-identity endpoints (IMDS, App Service) from a workload-identity federated token.
+#[derive(Debug, Parser)]
+#[command(name = "identity-sidecar", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run a mock Entra ID and Kubernetes-like token issuer (development and tests only).
+    MockAad(crate::mock_aad::MockAadArgs),
+}
+
 pub fn main() -> ExitCode {
-    ExitCode::SUCCESS
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("identity-sidecar: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match cli.command {
+        Command::MockAad(args) => runtime.block_on(crate::mock_aad::run(args)),
+    }
 }
