@@ -1,0 +1,2 @@
+//! Shared fixtures for the integration tests.
+pub mod mock_client;
