@@ -1,2 +1,3 @@
 //! Shared fixtures for the integration tests.
 pub mod mock_client;
+pub mod mock_sdk;

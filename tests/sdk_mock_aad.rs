@@ -1,0 +1,202 @@
+//! Real Azure SDKs against `mock-aad` over TLS, unmodified, configured only as apps are
+//! (environment variables and the CA bundle variables): Python azure-identity
+//! (WorkloadIdentityCredential, ClientAssertionCredential), msal ConfidentialClientApplication, and
+//! @azure/identity (WorkloadIdentityCredential, ClientAssertionCredential). Each must get a token
+//! that verifies with the mock's JWKS, and the right AADSTS error for a wrong subject, an expired
+//! assertion and an unknown client.
+//!
+//! Needs `scripts/install-sdks`; skips loudly without it unless `IDENTITY_SIDECAR_REQUIRE_SDKS=1`.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::time::{Duration, SystemTime};
+
+use identity_sidecar::mock_aad::{DEFAULT_SUBJECT, FederatedTokenSpec, MockAad, MockAadConfig};
+use support::mock_client::*;
+use support::mock_sdk::{Client, Sdks, sdks_or_skip};
+
+/// One scenario: what the token file holds and which client id the app uses.
+struct Scenario {
+    name: &'static str,
+    assertion: String,
+    client_id: String,
+    /// `None` = expect a token; `Some(code)` = expect this AADSTS code.
+    expect_code: Option<u64>,
+}
+
+fn scenarios(mock: &MockAad) -> Vec<Scenario> {
+    let mint = |spec: &FederatedTokenSpec| mock.mint_federated_token_with(spec).expect("mint");
+    vec![
+        Scenario {
+            name: "valid assertion",
+            // kubelet files end without a newline, but SDKs must cope with one: keep it.
+            assertion: format!(
+                "{}\n",
+                mint(&FederatedTokenSpec::new(DEFAULT_SUBJECT, HOUR))
+            ),
+            client_id: mock.client_id().to_owned(),
+            expect_code: None,
+        },
+        Scenario {
+            name: "wrong subject",
+            assertion: mint(&FederatedTokenSpec::new(
+                "system:serviceaccount:default:intruder",
+                HOUR,
+            )),
+            client_id: mock.client_id().to_owned(),
+            expect_code: Some(70021),
+        },
+        Scenario {
+            name: "expired assertion",
+            assertion: mint(&FederatedTokenSpec {
+                issued_at: SystemTime::now() - 2 * HOUR,
+                ..FederatedTokenSpec::new(DEFAULT_SUBJECT, HOUR)
+            }),
+            client_id: mock.client_id().to_owned(),
+            expect_code: Some(700024),
+        },
+        Scenario {
+            name: "unknown client",
+            assertion: mint(&FederatedTokenSpec::new(DEFAULT_SUBJECT, HOUR)),
+            client_id: "99999999-9999-4999-8999-999999999999".to_owned(),
+            expect_code: Some(700016),
+        },
+    ]
+}
+
+/// Runs every scenario through one SDK client mode and checks the outcome.
+async fn check_sdk(test: &str, client: Client, mode: &str) {
+    let Some(sdks) = sdks_or_skip(test) else {
+        return;
+    };
+    let mock = start_mock(MockAadConfig::default()).await;
+    let http = client_for(&mock);
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let ca = mock
+        .ca_pem_path()
+        .expect("TLS mock has a CA")
+        .display()
+        .to_string();
+    for scenario in scenarios(&mock) {
+        let token_file = tmp
+            .path()
+            .join(format!("{}.jwt", scenario.name.replace(' ', "-")));
+        std::fs::write(&token_file, &scenario.assertion).expect("write token file");
+        let env: BTreeMap<String, String> = [
+            ("AZURE_AUTHORITY_HOST", mock.authority_url().to_owned()),
+            ("AZURE_TENANT_ID", mock.tenant_id().to_owned()),
+            ("AZURE_CLIENT_ID", scenario.client_id.clone()),
+            (
+                "AZURE_FEDERATED_TOKEN_FILE",
+                token_file.display().to_string(),
+            ),
+            ("REQUESTS_CA_BUNDLE", ca.clone()),
+            ("NODE_EXTRA_CA_CERTS", ca.clone()),
+            ("SSL_CERT_FILE", ca.clone()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect();
+        let outcome = run(&sdks, client, mode, &env).await;
+        match scenario.expect_code {
+            None => {
+                assert!(
+                    outcome.ok,
+                    "{mode} / {}: expected a token, got {}",
+                    scenario.name, outcome.raw
+                );
+                let token = outcome.token.as_deref().expect("token in the JSON line");
+                let claims =
+                    verify_with_served_jwks(&http, &mock, token, "https://management.azure.com")
+                        .await;
+                assert_eq!(claims["appid"], mock.client_id(), "{mode}");
+            }
+            Some(code) => {
+                assert!(
+                    !outcome.ok,
+                    "{mode} / {}: expected AADSTS{code}, got a token",
+                    scenario.name
+                );
+                assert_eq!(
+                    outcome.codes,
+                    vec![code],
+                    "{mode} / {}: {}",
+                    scenario.name,
+                    outcome.error.unwrap_or_default()
+                );
+            }
+        }
+    }
+    let stats = mock.stats();
+    assert_eq!(stats.tokens_issued, 1, "{mode}: one success");
+    assert!(
+        stats.token_errors >= 3,
+        "{mode}: the three failures reached the token endpoint"
+    );
+    mock.shutdown().await;
+}
+
+async fn run(
+    sdks: &Sdks,
+    client: Client,
+    mode: &str,
+    env: &BTreeMap<String, String>,
+) -> support::mock_sdk::Outcome {
+    let started = std::time::Instant::now();
+    let outcome = sdks.run(client, mode, &[], env).await;
+    if started.elapsed() > Duration::from_secs(20) {
+        eprintln!("{client:?} {mode} was slow: {:?}", started.elapsed());
+    }
+    outcome
+}
+
+#[tokio::test]
+async fn python_workload_identity_credential() {
+    check_sdk(
+        "python_workload_identity_credential",
+        Client::Python,
+        "workload",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn python_client_assertion_credential() {
+    check_sdk(
+        "python_client_assertion_credential",
+        Client::Python,
+        "assertion",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn python_msal_confidential_client_with_assertion() {
+    check_sdk(
+        "python_msal_confidential_client_with_assertion",
+        Client::Python,
+        "msal-cca",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn node_workload_identity_credential() {
+    check_sdk(
+        "node_workload_identity_credential",
+        Client::Node,
+        "workload",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn node_client_assertion_credential() {
+    check_sdk(
+        "node_client_assertion_credential",
+        Client::Node,
+        "assertion",
+    )
+    .await;
+}
