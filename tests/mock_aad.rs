@@ -1003,3 +1003,53 @@ async fn ca_file_trusts_the_server_for_an_independent_client() {
     mock.shutdown().await;
     assert!(ca.exists(), "a CA file the caller chose is left in place");
 }
+
+#[tokio::test]
+async fn client_secret_basic_authorization_header_is_accepted() {
+    let mock = start_mock(MockAadConfig {
+        apps: vec![app_with_secret("p@ss:word")],
+        ..MockAadConfig::default()
+    })
+    .await;
+    let client = client_for(&mock);
+    let form = [("grant_type", "client_credentials"), ("scope", ARM_SCOPE)];
+    let ok = client
+        .post(mock.token_endpoint())
+        // RFC 6749 §2.3.1: id and secret are form-encoded before base64.
+        .basic_auth(DEFAULT_CLIENT_ID, Some("p%40ss%3Aword"))
+        .form(&form)
+        .send()
+        .await
+        .expect("answer");
+    let ok = answer(ok).await;
+    assert_eq!(ok.status, 200, "{:#}", ok.body);
+    let wrong = client
+        .post(mock.token_endpoint())
+        .basic_auth(DEFAULT_CLIENT_ID, Some("nope"))
+        .form(&form)
+        .send()
+        .await
+        .expect("answer");
+    answer(wrong)
+        .await
+        .assert_aadsts(401, "invalid_client", 7000215);
+}
+
+#[tokio::test]
+async fn common_metadata_has_a_placeholder_issuer() {
+    let mock = start_mock(MockAadConfig::default()).await;
+    let client = client_for(&mock);
+    let oidc = get_json(
+        &client,
+        &format!(
+            "{}common/v2.0/.well-known/openid-configuration",
+            mock.authority_url()
+        ),
+    )
+    .await;
+    assert_eq!(oidc.status, 200);
+    assert_eq!(
+        oidc.body["issuer"],
+        format!("{}{{tenantid}}/v2.0", mock.authority_url())
+    );
+}

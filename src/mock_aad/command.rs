@@ -9,16 +9,22 @@ use super::config::{AppRegistration, ClientSecret, FederatedCredential, Registry
 use super::faults::{Fault, FaultAction, parse_duration_secs};
 use super::{DEFAULT_SUBJECT, MockAadConfig};
 
-/// Run a mock Entra ID (and a Kubernetes-like token issuer) for local development and tests.
-///
-/// NOT an identity provider: keys and CA are made fresh at every start and it issues tokens to
-/// anyone who presents a matching assertion or secret. It listens on loopback only unless
-/// --allow-non-loopback is given.
-///
-/// Admin endpoint (loopback clients only): GET /_mock/stats, GET /_mock/health,
-/// POST /_mock/faults {"action":"503|429[:SECS]|aadsts:CODE|delay:DURATION","times":N,"share":0.5},
-/// DELETE /_mock/faults, GET /_mock/federated-token?sub=SUBJECT&lifetime=1h&aud=AUDIENCE.
+const AFTER_HELP: &str = "\
+NOT an identity provider: keys and CA are made fresh at every start, and it issues tokens to anyone
+presenting a matching assertion or secret. It listens on loopback only unless --allow-non-loopback.
+
+Endpoints: /{tenant}/v2.0/.well-known/openid-configuration, /{tenant}/discovery/v2.0/keys,
+/common/discovery/instance, POST /{tenant}/oauth2/v2.0/token, /issuer/.well-known/openid-configuration,
+/issuer/openid/v1/jwks.
+
+Admin (loopback clients only): GET /_mock/health, GET /_mock/stats,
+POST /_mock/faults {\"action\":\"503|429[:SECS]|aadsts:CODE|delay:DURATION\",\"times\":N,\"share\":0.5},
+DELETE /_mock/faults, GET /_mock/federated-token?sub=SUBJECT&lifetime=1h[&aud=AUDIENCE].";
+
+/// Flags of `identity-sidecar mock-aad`: a mock Entra ID and Kubernetes-like token issuer for
+/// local development and tests.
 #[derive(Debug, Clone, clap::Args)]
+#[command(after_help = AFTER_HELP)]
 pub struct MockAadArgs {
     /// Address to listen on (port 0 picks a free port).
     #[arg(long, env = "MOCK_AAD_LISTEN", default_value = "127.0.0.1:18443")]

@@ -12,10 +12,17 @@ use super::state::State;
 
 /// `GET /{tenant}/v2.0/.well-known/openid-configuration`.
 pub(crate) fn tenant_metadata(state: &State, tenant: &str, ids: &RequestIds) -> HttpResponse {
-    if !state.knows_tenant(tenant) {
+    let meta = is_meta_tenant(tenant);
+    if !meta && !state.knows_tenant(tenant) {
         return AadError::unknown_tenant(tenant).into_response(ids);
     }
     let base = format!("{}{tenant}", state.base_url);
+    // Multi-tenant documents carry a placeholder issuer, as Entra's /common document does.
+    let issuer = if meta {
+        format!("{}{{tenantid}}/v2.0", state.base_url)
+    } else {
+        format!("{base}/v2.0")
+    };
     let body = serde_json::json!({
         "token_endpoint": format!("{base}/oauth2/v2.0/token"),
         "token_endpoint_auth_methods_supported": ["client_secret_post", "private_key_jwt", "client_secret_basic"],
@@ -25,7 +32,7 @@ pub(crate) fn tenant_metadata(state: &State, tenant: &str, ids: &RequestIds) -> 
         "id_token_signing_alg_values_supported": ["RS256"],
         "response_types_supported": ["code", "id_token", "code id_token", "id_token token"],
         "scopes_supported": ["openid", "profile", "email", "offline_access"],
-        "issuer": format!("{base}/v2.0"),
+        "issuer": issuer,
         "request_uri_parameter_supported": false,
         "authorization_endpoint": format!("{base}/oauth2/v2.0/authorize"),
         "device_authorization_endpoint": format!("{base}/oauth2/v2.0/devicecode"),

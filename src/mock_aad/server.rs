@@ -198,11 +198,12 @@ async fn token_request(
                 .to_ascii_lowercase()
                 .starts_with("application/x-www-form-urlencoded")
         });
+    let basic = token::BasicCredentials::from_header(req.headers().get(header::AUTHORIZATION));
     let body = match read_body(req).await {
         Ok(body) => body,
         Err(response) => return response,
     };
-    token::handle(state, tenant, is_form.then_some(&body[..]), ids).await
+    token::handle(state, tenant, is_form.then_some(&body[..]), basic, ids).await
 }
 
 async fn read_body(req: Request<Incoming>) -> Result<Bytes, HttpResponse> {

@@ -3,7 +3,8 @@
 //! Order of checks (each failure is the AADSTS error Entra gives for it): tenant (90002), form
 //! fields (900144), grant type (70003), app (700016), client authentication: a `client_assertion`
 //! (50027 malformed, 700211 unknown issuer, 50166 issuer keys unreachable, 700027 bad signature,
-//! 700024 outside `nbf`/`exp`, 700212 audience, 70021 / 7002138 subject) or a `client_secret`
+//! 700024 outside `nbf`/`exp`, 700212 audience, 70021 / 7002138 subject) or a `client_secret` in
+//! the form or an `Authorization: Basic` header
 //! (7000215; neither given: 7000218); then the scope (70011, 1002012). Success issues an RS256
 //! access token whose `aud` is the scope minus one trailing `/.default`.
 
@@ -34,14 +35,49 @@ enum ClientAuth {
     Assertion,
 }
 
+/// `client_secret_basic`: client id and secret from an `Authorization: Basic` header.
+#[derive(Clone, Debug)]
+pub(crate) struct BasicCredentials {
+    pub client_id: String,
+    pub secret: String,
+}
+
+impl BasicCredentials {
+    /// Parses `Basic base64(urlencode(id):urlencode(secret))` (RFC 6749 §2.3.1); `None` if absent or malformed.
+    pub(crate) fn from_header(value: Option<&http::HeaderValue>) -> Option<Self> {
+        use base64::Engine;
+        let value = value?.to_str().ok()?;
+        let (scheme, encoded) = value.trim().split_once(' ')?;
+        if !scheme.eq_ignore_ascii_case("basic") {
+            return None;
+        }
+        let decoded = base64::engine::general_purpose::STANDARD
+            .decode(encoded.trim())
+            .ok()?;
+        let decoded = String::from_utf8(decoded).ok()?;
+        let (id, secret) = decoded.split_once(':')?;
+        let unescape = |s: &str| -> String {
+            form_urlencoded::parse(format!("v={s}").as_bytes())
+                .next()
+                .map(|(_, v)| v.into_owned())
+                .unwrap_or_default()
+        };
+        Some(BasicCredentials {
+            client_id: unescape(id),
+            secret: unescape(secret),
+        })
+    }
+}
+
 /// Answers one token request. `form_body` is `None` when the body was not form-encoded.
 pub(crate) async fn handle(
     state: &State,
     tenant: &str,
     form_body: Option<&[u8]>,
+    basic: Option<BasicCredentials>,
     ids: &RequestIds,
 ) -> HttpResponse {
-    match issue(state, tenant, form_body).await {
+    match issue(state, tenant, form_body, basic.as_ref()).await {
         Ok(body) => {
             Counters::bump(&state.counters.tokens_issued);
             let mut response = json_response(StatusCode::OK, &body);
@@ -65,6 +101,7 @@ async fn issue(
     state: &State,
     tenant: &str,
     form_body: Option<&[u8]>,
+    basic: Option<&BasicCredentials>,
 ) -> Result<serde_json::Value, AadError> {
     if !state.knows_tenant(tenant) {
         return Err(AadError::unknown_tenant(tenant));
@@ -85,7 +122,11 @@ async fn issue(
             format!("The app requested an unsupported grant type '{grant_type}'."),
         ));
     }
-    let client_id = field("client_id").ok_or_else(|| AadError::missing_parameter("client_id"))?;
+    let client_id = field("client_id")
+        .or(basic
+            .map(|b| b.client_id.as_str())
+            .filter(|id| !id.is_empty()))
+        .ok_or_else(|| AadError::missing_parameter("client_id"))?;
     let scope = field("scope").ok_or_else(|| AadError::missing_parameter("scope"))?;
     let app = state.find_app(tenant, client_id).ok_or_else(|| {
         AadError::new(
@@ -116,7 +157,7 @@ async fn issue(
         // Python SDKs send the token file untrimmed (a trailing newline arrives as %0A).
         check_assertion(state, app, assertion.trim()).await?;
         ClientAuth::Assertion
-    } else if let Some(secret) = field("client_secret") {
+    } else if let Some(secret) = field("client_secret").or(basic.map(|b| b.secret.as_str())) {
         let matches = app
             .client_secret
             .as_ref()
