@@ -1053,3 +1053,94 @@ async fn common_metadata_has_a_placeholder_issuer() {
         format!("{}{{tenantid}}/v2.0", mock.authority_url())
     );
 }
+
+#[tokio::test]
+async fn cli_prints_the_environment_serves_with_flags_and_stops_on_sigterm() {
+    use tokio::io::AsyncBufReadExt;
+
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let ca = tmp.path().join("ca.pem");
+    let token_dir = tmp.path().join("token");
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_identity-sidecar"))
+        .args([
+            "mock-aad",
+            "--listen",
+            "127.0.0.1:0",
+            "--fault",
+            "503",
+            "--fault-times",
+            "1",
+            "--token-lifetime",
+            "2h",
+        ])
+        .arg("--ca-file")
+        .arg(&ca)
+        .arg("--federated-token-dir")
+        .arg(&token_dir)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("binary starts");
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let mut env = std::collections::HashMap::new();
+    while let Ok(Ok(Some(line))) =
+        tokio::time::timeout(Duration::from_secs(20), lines.next_line()).await
+    {
+        for assignment in line
+            .strip_prefix("export ")
+            .unwrap_or_default()
+            .split_whitespace()
+        {
+            if let Some((k, v)) = assignment.split_once('=') {
+                env.insert(k.to_owned(), v.to_owned());
+            }
+        }
+        if line.starts_with("export REQUESTS_CA_BUNDLE") {
+            break;
+        }
+    }
+    let authority = env
+        .get("AZURE_AUTHORITY_HOST")
+        .expect("authority printed")
+        .clone();
+    assert_eq!(
+        env.get("AZURE_FEDERATED_TOKEN_FILE").map(String::as_str),
+        token_dir.join("token").to_str()
+    );
+    assert_eq!(env.get("SSL_CERT_FILE").map(String::as_str), ca.to_str());
+    assert_eq!(
+        env.get("AZURE_TENANT_ID").map(String::as_str),
+        Some(DEFAULT_TENANT_ID)
+    );
+
+    let client = reqwest::Client::builder()
+        .tls_certs_only([
+            reqwest::Certificate::from_pem(&std::fs::read(&ca).expect("CA")).expect("PEM"),
+        ])
+        .build()
+        .expect("client");
+    let assertion = std::fs::read_to_string(token_dir.join("token")).expect("token file");
+    let form = [
+        ("client_id", DEFAULT_CLIENT_ID),
+        ("grant_type", "client_credentials"),
+        ("scope", ARM_SCOPE),
+        ("client_assertion_type", JWT_BEARER),
+        ("client_assertion", assertion.as_str()),
+    ];
+    let url = format!("{authority}{DEFAULT_TENANT_ID}/oauth2/v2.0/token");
+    let first = answer(client.post(&url).form(&form).send().await.expect("answer")).await;
+    assert_eq!(first.status, 503, "--fault 503 --fault-times 1");
+    let second = answer(client.post(&url).form(&form).send().await.expect("answer")).await;
+    assert_eq!(second.status, 200, "{:#}", second.body);
+    assert_eq!(second.body["expires_in"], 7200);
+
+    let pid = i32::try_from(child.id().expect("pid")).expect("pid fits");
+    // SAFETY: kill(2) on the child we spawned.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+    let status = tokio::time::timeout(Duration::from_secs(10), child.wait())
+        .await
+        .expect("exits")
+        .expect("status");
+    assert!(status.success(), "clean exit on SIGTERM: {status}");
+}
