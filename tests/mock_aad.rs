@@ -33,8 +33,7 @@ async fn zero_config_mock_is_ready_fast_with_documented_defaults() {
 
 #[tokio::test]
 async fn discovery_documents_point_at_the_mock() {
-    let mock = start_mock(MockAadConfig::default()).await;
-    let client = client_for(&mock);
+    let (mock, client) = mock_and_client(MockAadConfig::default()).await;
     let base = mock.authority_url();
     let tenant = mock.tenant_id();
 
@@ -102,8 +101,7 @@ async fn discovery_documents_point_at_the_mock() {
 
 #[tokio::test]
 async fn discovery_of_an_unknown_tenant_is_90002() {
-    let mock = start_mock(MockAadConfig::default()).await;
-    let client = client_for(&mock);
+    let (mock, client) = mock_and_client(MockAadConfig::default()).await;
     let answer = get_json(
         &client,
         &format!(
@@ -117,8 +115,7 @@ async fn discovery_of_an_unknown_tenant_is_90002() {
 
 #[tokio::test]
 async fn federated_assertion_gets_a_token_that_verifies_with_the_served_jwks() {
-    let mock = start_mock(MockAadConfig::default()).await;
-    let client = client_for(&mock);
+    let (mock, client) = mock_and_client(MockAadConfig::default()).await;
     // Python SDKs send the token file untrimmed: a trailing newline must not matter.
     let assertion = format!(
         "{}\n",
@@ -196,12 +193,13 @@ async fn configured_lifetime_is_used_and_long_tokens_carry_refresh_in() {
         token_lifetime: Some(Duration::from_secs(3 * 3600)),
         ..MockAadConfig::default()
     };
-    let mock = start_mock(cfg).await;
-    let client = client_for(&mock);
-    let assertion = mock
-        .mint_federated_token(DEFAULT_SUBJECT, HOUR)
-        .expect("mint");
-    let answer = assertion_request(&client, &mock, mock.client_id(), &assertion).await;
+    let (mock, client) = mock_and_client(cfg).await;
+    let answer = exchange(
+        &client,
+        &mock,
+        &FederatedTokenSpec::new(DEFAULT_SUBJECT, HOUR),
+    )
+    .await;
     assert_eq!(answer.status, 200, "{:#}", answer.body);
     assert_eq!(answer.body["expires_in"], 10800);
     assert_eq!(answer.body["refresh_in"], 5400);
@@ -209,12 +207,13 @@ async fn configured_lifetime_is_used_and_long_tokens_carry_refresh_in() {
 
 #[tokio::test]
 async fn wrong_subject_is_70021() {
-    let mock = start_mock(MockAadConfig::default()).await;
-    let client = client_for(&mock);
-    let assertion = mock
-        .mint_federated_token("system:serviceaccount:default:someone-else", HOUR)
-        .expect("mint");
-    let answer = assertion_request(&client, &mock, mock.client_id(), &assertion).await;
+    let (mock, client) = mock_and_client(MockAadConfig::default()).await;
+    let answer = exchange(
+        &client,
+        &mock,
+        &FederatedTokenSpec::new("system:serviceaccount:default:someone-else", HOUR),
+    )
+    .await;
     answer.assert_aadsts(400, "invalid_request", 70021);
     let description = answer.body["error_description"]
         .as_str()
@@ -232,48 +231,43 @@ async fn wrong_subject_is_70021() {
 
 #[tokio::test]
 async fn subject_differing_only_in_case_is_7002138() {
-    let mock = start_mock(MockAadConfig::default()).await;
-    let client = client_for(&mock);
-    let assertion = mock
-        .mint_federated_token(&DEFAULT_SUBJECT.to_uppercase(), HOUR)
-        .expect("mint");
-    assertion_request(&client, &mock, mock.client_id(), &assertion)
-        .await
-        .assert_aadsts(401, "invalid_client", 7002138);
+    let (mock, client) = mock_and_client(MockAadConfig::default()).await;
+    exchange(
+        &client,
+        &mock,
+        &FederatedTokenSpec::new(DEFAULT_SUBJECT.to_uppercase(), HOUR),
+    )
+    .await
+    .assert_aadsts(401, "invalid_client", 7002138);
 }
 
 #[tokio::test]
 async fn expired_assertion_is_700024_with_401() {
-    let mock = start_mock(MockAadConfig::default()).await;
-    let client = client_for(&mock);
+    let (mock, client) = mock_and_client(MockAadConfig::default()).await;
     let spec = FederatedTokenSpec {
         issued_at: SystemTime::now() - 2 * HOUR,
         ..FederatedTokenSpec::new(DEFAULT_SUBJECT, HOUR)
     };
-    let assertion = mock.mint_federated_token_with(&spec).expect("mint");
-    assertion_request(&client, &mock, mock.client_id(), &assertion)
+    exchange(&client, &mock, &spec)
         .await
         .assert_aadsts(401, "invalid_client", 700024);
 }
 
 #[tokio::test]
 async fn assertion_from_the_future_is_700024() {
-    let mock = start_mock(MockAadConfig::default()).await;
-    let client = client_for(&mock);
+    let (mock, client) = mock_and_client(MockAadConfig::default()).await;
     let spec = FederatedTokenSpec {
         issued_at: SystemTime::now() + HOUR,
         ..FederatedTokenSpec::new(DEFAULT_SUBJECT, HOUR)
     };
-    let assertion = mock.mint_federated_token_with(&spec).expect("mint");
-    assertion_request(&client, &mock, mock.client_id(), &assertion)
+    exchange(&client, &mock, &spec)
         .await
         .assert_aadsts(401, "invalid_client", 700024);
 }
 
 #[tokio::test]
 async fn unknown_client_is_700016() {
-    let mock = start_mock(MockAadConfig::default()).await;
-    let client = client_for(&mock);
+    let (mock, client) = mock_and_client(MockAadConfig::default()).await;
     let assertion = mock
         .mint_federated_token(DEFAULT_SUBJECT, HOUR)
         .expect("mint");
@@ -289,8 +283,7 @@ async fn unknown_client_is_700016() {
 
 #[tokio::test]
 async fn unknown_tenant_is_90002() {
-    let mock = start_mock(MockAadConfig::default()).await;
-    let client = client_for(&mock);
+    let (mock, client) = mock_and_client(MockAadConfig::default()).await;
     let assertion = mock
         .mint_federated_token(DEFAULT_SUBJECT, HOUR)
         .expect("mint");
@@ -312,8 +305,7 @@ async fn unknown_tenant_is_90002() {
 
 #[tokio::test]
 async fn garbage_assertion_is_50027() {
-    let mock = start_mock(MockAadConfig::default()).await;
-    let client = client_for(&mock);
+    let (mock, client) = mock_and_client(MockAadConfig::default()).await;
     for garbage in [
         "not-a-jwt",
         "a.b.c",
@@ -326,8 +318,7 @@ async fn garbage_assertion_is_50027() {
 
 #[tokio::test]
 async fn tampered_assertion_fails_signature_validation_700027() {
-    let mock = start_mock(MockAadConfig::default()).await;
-    let client = client_for(&mock);
+    let (mock, client) = mock_and_client(MockAadConfig::default()).await;
     let other = mock
         .mint_federated_token("system:serviceaccount:default:attacker", HOUR)
         .expect("mint");
@@ -363,14 +354,12 @@ async fn token_signed_by_another_key_claiming_our_issuer_is_700027() {
 
 #[tokio::test]
 async fn wrong_audience_is_700212() {
-    let mock = start_mock(MockAadConfig::default()).await;
-    let client = client_for(&mock);
+    let (mock, client) = mock_and_client(MockAadConfig::default()).await;
     let spec = FederatedTokenSpec {
         audience: "api://SomethingElse".into(),
         ..FederatedTokenSpec::new(DEFAULT_SUBJECT, HOUR)
     };
-    let assertion = mock.mint_federated_token_with(&spec).expect("mint");
-    assertion_request(&client, &mock, mock.client_id(), &assertion)
+    exchange(&client, &mock, &spec)
         .await
         .assert_aadsts(401, "invalid_client", 700212);
 }
@@ -407,12 +396,11 @@ async fn external_issuer_keys_are_fetched_through_its_discovery_document() {
     })
     .await;
     assert!(external.issuer_url().starts_with("http://127.0.0.1:"));
-    let mock = start_mock(MockAadConfig {
+    let (mock, client) = mock_and_client(MockAadConfig {
         apps: vec![app_trusting(external.issuer_url())],
         ..MockAadConfig::default()
     })
     .await;
-    let client = client_for(&mock);
     let assertion = external
         .mint_federated_token(DEFAULT_SUBJECT, HOUR)
         .expect("mint");
@@ -445,12 +433,11 @@ async fn unreachable_external_issuer_is_50166() {
         .expect("mint");
     let issuer = gone.issuer_url().to_owned();
     gone.shutdown().await;
-    let mock = start_mock(MockAadConfig {
+    let (mock, client) = mock_and_client(MockAadConfig {
         apps: vec![app_trusting(&issuer)],
         ..MockAadConfig::default()
     })
     .await;
-    let client = client_for(&mock);
     assertion_request(&client, &mock, mock.client_id(), &assertion)
         .await
         .assert_aadsts(400, "invalid_request", 50166);
@@ -465,12 +452,11 @@ fn app_with_secret(secret: &str) -> AppRegistration {
 
 #[tokio::test]
 async fn client_secret_succeeds_and_a_wrong_one_is_7000215() {
-    let mock = start_mock(MockAadConfig {
+    let (mock, client) = mock_and_client(MockAadConfig {
         apps: vec![app_with_secret("s3cret-value")],
         ..MockAadConfig::default()
     })
     .await;
-    let client = client_for(&mock);
     let form = |secret: &'static str| {
         [
             ("client_id", DEFAULT_CLIENT_ID),
@@ -497,8 +483,7 @@ async fn client_secret_succeeds_and_a_wrong_one_is_7000215() {
 
 #[tokio::test]
 async fn secret_for_an_app_without_one_is_7000215_and_no_credential_is_7000218() {
-    let mock = start_mock(MockAadConfig::default()).await;
-    let client = client_for(&mock);
+    let (mock, client) = mock_and_client(MockAadConfig::default()).await;
     let base = [
         ("client_id", DEFAULT_CLIENT_ID),
         ("grant_type", "client_credentials"),
@@ -516,8 +501,7 @@ async fn secret_for_an_app_without_one_is_7000215_and_no_credential_is_7000218()
 
 #[tokio::test]
 async fn malformed_requests_get_entra_errors() {
-    let mock = start_mock(MockAadConfig::default()).await;
-    let client = client_for(&mock);
+    let (mock, client) = mock_and_client(MockAadConfig::default()).await;
     let assertion = mock
         .mint_federated_token(DEFAULT_SUBJECT, HOUR)
         .expect("mint");
@@ -582,8 +566,7 @@ async fn malformed_requests_get_entra_errors() {
 
 #[tokio::test]
 async fn client_request_id_comes_back_as_correlation_id() {
-    let mock = start_mock(MockAadConfig::default()).await;
-    let client = client_for(&mock);
+    let (mock, client) = mock_and_client(MockAadConfig::default()).await;
     let response = client
         .post(mock.token_endpoint())
         .header("client-request-id", "d5871b75-4045-44ae-afd0-ba1ff32c711c")
@@ -604,16 +587,17 @@ async fn client_request_id_comes_back_as_correlation_id() {
 }
 
 async fn good_request(client: &reqwest::Client, mock: &mock_aad::MockAad) -> Answer {
-    let assertion = mock
-        .mint_federated_token(DEFAULT_SUBJECT, HOUR)
-        .expect("mint");
-    assertion_request(client, mock, mock.client_id(), &assertion).await
+    exchange(
+        client,
+        mock,
+        &FederatedTokenSpec::new(DEFAULT_SUBJECT, HOUR),
+    )
+    .await
 }
 
 #[tokio::test]
 async fn fault_503_for_the_next_two_requests_then_normal() {
-    let mock = start_mock(MockAadConfig::default()).await;
-    let client = client_for(&mock);
+    let (mock, client) = mock_and_client(MockAadConfig::default()).await;
     mock.inject_fault(mock_aad::Fault::times(FaultAction::Unavailable, 2));
     good_request(&client, &mock)
         .await
@@ -635,8 +619,7 @@ async fn fault_503_for_the_next_two_requests_then_normal() {
 
 #[tokio::test]
 async fn fault_429_carries_retry_after() {
-    let mock = start_mock(MockAadConfig::default()).await;
-    let client = client_for(&mock);
+    let (mock, client) = mock_and_client(MockAadConfig::default()).await;
     mock.inject_fault(mock_aad::Fault::times(
         FaultAction::Throttle {
             retry_after_secs: 7,
@@ -651,8 +634,7 @@ async fn fault_429_carries_retry_after() {
 
 #[tokio::test]
 async fn fault_injects_a_given_aadsts_error_until_cleared() {
-    let mock = start_mock(MockAadConfig::default()).await;
-    let client = client_for(&mock);
+    let (mock, client) = mock_and_client(MockAadConfig::default()).await;
     mock.inject_fault(mock_aad::Fault::always(FaultAction::Aadsts(700024)));
     for _ in 0..3 {
         good_request(&client, &mock)
@@ -665,8 +647,7 @@ async fn fault_injects_a_given_aadsts_error_until_cleared() {
 
 #[tokio::test]
 async fn fault_delay_slows_the_answer_but_it_succeeds() {
-    let mock = start_mock(MockAadConfig::default()).await;
-    let client = client_for(&mock);
+    let (mock, client) = mock_and_client(MockAadConfig::default()).await;
     let _warm = good_request(&client, &mock).await;
     mock.inject_fault(mock_aad::Fault::times(
         FaultAction::Delay(Duration::from_millis(600)),
@@ -689,8 +670,7 @@ async fn fault_delay_slows_the_answer_but_it_succeeds() {
 
 #[tokio::test]
 async fn fault_share_zero_never_fires_and_share_one_always_does() {
-    let mock = start_mock(MockAadConfig::default()).await;
-    let client = client_for(&mock);
+    let (mock, client) = mock_and_client(MockAadConfig::default()).await;
     mock.inject_fault(mock_aad::Fault {
         action: FaultAction::Unavailable,
         times: None,
@@ -711,8 +691,7 @@ async fn fault_share_zero_never_fires_and_share_one_always_does() {
 
 #[tokio::test]
 async fn admin_endpoint_sets_and_clears_faults_and_reports_stats() {
-    let mock = start_mock(MockAadConfig::default()).await;
-    let client = client_for(&mock);
+    let (mock, client) = mock_and_client(MockAadConfig::default()).await;
     let admin = format!("{}_mock/faults", mock.authority_url());
     let set = client
         .post(&admin)
@@ -1006,12 +985,11 @@ async fn ca_file_trusts_the_server_for_an_independent_client() {
 
 #[tokio::test]
 async fn client_secret_basic_authorization_header_is_accepted() {
-    let mock = start_mock(MockAadConfig {
+    let (mock, client) = mock_and_client(MockAadConfig {
         apps: vec![app_with_secret("p@ss:word")],
         ..MockAadConfig::default()
     })
     .await;
-    let client = client_for(&mock);
     let form = [("grant_type", "client_credentials"), ("scope", ARM_SCOPE)];
     let ok = client
         .post(mock.token_endpoint())
@@ -1037,8 +1015,7 @@ async fn client_secret_basic_authorization_header_is_accepted() {
 
 #[tokio::test]
 async fn common_metadata_has_a_placeholder_issuer() {
-    let mock = start_mock(MockAadConfig::default()).await;
-    let client = client_for(&mock);
+    let (mock, client) = mock_and_client(MockAadConfig::default()).await;
     let oidc = get_json(
         &client,
         &format!(

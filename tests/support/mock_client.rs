@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use identity_sidecar::mock_aad::{MockAad, MockAadConfig};
+use identity_sidecar::mock_aad::{FederatedTokenSpec, MockAad, MockAadConfig};
 use jsonwebtoken::jwk::JwkSet;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 
@@ -18,6 +18,13 @@ pub async fn start_mock(cfg: MockAadConfig) -> MockAad {
         Ok(mock) => mock,
         Err(e) => panic!("mock-aad did not start: {e}"),
     }
+}
+
+/// A started mock with a client trusting it: the usual first line of a test.
+pub async fn mock_and_client(cfg: MockAadConfig) -> (MockAad, reqwest::Client) {
+    let mock = start_mock(cfg).await;
+    let client = client_for(&mock);
+    (mock, client)
 }
 
 /// A reqwest client that trusts only the mock's CA (or plain HTTP when the mock has no CA).
@@ -126,6 +133,16 @@ pub async fn assertion_request(
         ],
     )
     .await
+}
+
+/// Mints `spec` from the mock's own issuer and exchanges it as the mock's first app.
+pub async fn exchange(
+    client: &reqwest::Client,
+    mock: &MockAad,
+    spec: &FederatedTokenSpec,
+) -> Answer {
+    let assertion = mock.mint_federated_token_with(spec).expect("mint");
+    assertion_request(client, mock, mock.client_id(), &assertion).await
 }
 
 /// Verifies `token` with the JWKS the mock serves for its tenant and returns the claims.
