@@ -1,7 +1,8 @@
 //! Behaviour of `mock-aad` over real HTTPS on loopback: discovery, issued tokens, each Entra error,
 //! client secrets, external issuers, fault injection, the kubelet token layout, and listen rules.
 
-mod support;
+#[path = "support/mock_client.rs"]
+mod mock_client;
 
 use std::path::Path;
 use std::time::{Duration, Instant, SystemTime};
@@ -10,7 +11,7 @@ use identity_sidecar::mock_aad::{
     self, AppRegistration, ClientSecret, DEFAULT_CLIENT_ID, DEFAULT_SUBJECT, DEFAULT_TENANT_ID,
     FaultAction, FederatedCredential, FederatedTokenSpec, MockAadConfig, MockAadError,
 };
-use support::mock_client::*;
+use mock_client::*;
 
 #[tokio::test]
 async fn zero_config_mock_is_ready_fast_with_documented_defaults() {

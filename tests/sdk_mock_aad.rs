@@ -7,14 +7,17 @@
 //!
 //! Needs `scripts/install-sdks`; skips loudly without it unless `IDENTITY_SIDECAR_REQUIRE_SDKS=1`.
 
-mod support;
+#[path = "support/mock_client.rs"]
+mod mock_client;
+#[path = "support/mock_sdk.rs"]
+mod mock_sdk;
 
 use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime};
 
 use identity_sidecar::mock_aad::{DEFAULT_SUBJECT, FederatedTokenSpec, MockAad, MockAadConfig};
-use support::mock_client::*;
-use support::mock_sdk::{Client, Sdks, sdks_or_skip};
+use mock_client::*;
+use mock_sdk::{Client, Sdks, sdks_or_skip};
 
 /// One scenario: what the token file holds and which client id the app uses.
 struct Scenario {
@@ -142,7 +145,7 @@ async fn run(
     client: Client,
     mode: &str,
     env: &BTreeMap<String, String>,
-) -> support::mock_sdk::Outcome {
+) -> mock_sdk::Outcome {
     let started = std::time::Instant::now();
     let outcome = sdks.run(client, mode, &[], env).await;
     if started.elapsed() > Duration::from_secs(20) {
