@@ -19,17 +19,7 @@ pub enum Command {
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(runtime) => runtime,
-        Err(e) => {
-            eprintln!("identity-sidecar: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
     match cli.command {
-        Command::MockAad(args) => runtime.block_on(crate::mock_aad::run(args)),
+        Command::MockAad(args) => crate::mock_aad::run_blocking(args),
     }
 }

@@ -178,7 +178,22 @@ impl MockAadArgs {
     }
 }
 
-/// Runs the subcommand until SIGINT or SIGTERM.
+/// Runs the subcommand on its own Tokio runtime (what `cli::main` calls).
+pub fn run_blocking(args: MockAadArgs) -> ExitCode {
+    match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime.block_on(run(args)),
+        Err(e) => {
+            eprintln!("mock-aad: cannot start the async runtime: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Runs the subcommand until SIGINT or SIGTERM, on the caller's runtime.
 pub async fn run(args: MockAadArgs) -> ExitCode {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(

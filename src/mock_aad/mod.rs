@@ -45,7 +45,7 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
-pub use command::{MockAadArgs, run};
+pub use command::{MockAadArgs, run, run_blocking};
 pub use config::{
     AppRegistration, ClientSecret, DEFAULT_CLIENT_ID, DEFAULT_OBJECT_ID, DEFAULT_SUBJECT,
     DEFAULT_TENANT_ID, FederatedCredential, ISSUER_PATH, RegistryFile, TOKEN_EXCHANGE_AUDIENCE,
