@@ -1122,3 +1122,48 @@ async fn cli_prints_the_environment_serves_with_flags_and_stops_on_sigterm() {
         .expect("status");
     assert!(status.success(), "clean exit on SIGTERM: {status}");
 }
+
+#[tokio::test]
+async fn ca_file_replaces_a_planted_symlink_instead_of_writing_through_it() {
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let victim = tmp.path().join("victim.txt");
+    std::fs::write(&victim, "keep me").expect("write");
+    let ca = tmp.path().join("ca.pem");
+    std::os::unix::fs::symlink(&victim, &ca).expect("symlink");
+    let mock = start_mock(MockAadConfig {
+        ca_file: Some(ca.clone()),
+        ..MockAadConfig::default()
+    })
+    .await;
+    assert_eq!(std::fs::read_to_string(&victim).expect("victim"), "keep me");
+    assert!(
+        !std::fs::symlink_metadata(&ca)
+            .expect("ca")
+            .file_type()
+            .is_symlink()
+    );
+    assert_eq!(
+        std::fs::read_to_string(&ca).expect("ca").as_str(),
+        mock.ca_pem().expect("pem")
+    );
+}
+
+#[tokio::test]
+async fn a_public_url_without_scheme_is_a_config_error() {
+    let result = mock_aad::start(MockAadConfig {
+        public_url: Some("127.0.0.1:8443".into()),
+        ..MockAadConfig::default()
+    })
+    .await;
+    assert!(matches!(result, Err(MockAadError::Config(_))));
+}
+
+#[test]
+fn federated_token_writer_outside_a_runtime_is_an_error_not_a_panic() {
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let mock = runtime.block_on(start_mock(MockAadConfig::default()));
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let result = mock.federated_token_writer(tmp.path(), DEFAULT_SUBJECT, HOUR);
+    assert!(matches!(result, Err(MockAadError::Config(_))));
+    runtime.block_on(mock.shutdown());
+}

@@ -136,13 +136,18 @@ pub const TOKEN_FILE_NAME: &str = "token";
 
 impl FederatedTokenWriter {
     /// Writes a first token into `dir` now and rotates it at 80% of `lifetime` from then on.
-    /// Needs a Tokio runtime.
+    /// Must be called inside a Tokio runtime (the rotation is a task on it).
     pub fn start(
         minter: FederatedTokenMinter,
         dir: impl Into<PathBuf>,
         subject: impl Into<String>,
         lifetime: Duration,
     ) -> Result<Self, MockAadError> {
+        let runtime = tokio::runtime::Handle::try_current().map_err(|e| {
+            MockAadError::Config(format!(
+                "the federated token writer needs a Tokio runtime: {e}"
+            ))
+        })?;
         let dir = dir.into();
         let shared = Arc::new(WriterShared {
             minter,
@@ -154,7 +159,7 @@ impl FederatedTokenWriter {
         shared.write_once()?;
         let period = shared.lifetime.mul_f64(0.8);
         let task_shared = shared.clone();
-        let task = tokio::spawn(async move {
+        let task = runtime.spawn(async move {
             loop {
                 tokio::time::sleep(period).await;
                 let shared = task_shared.clone();

@@ -162,6 +162,13 @@ pub async fn start(cfg: MockAadConfig) -> Result<MockAad, MockAadError> {
     if cfg.apps.is_empty() {
         return Err(MockAadError::Config("no app is registered".into()));
     }
+    if let Some(url) = &cfg.public_url
+        && !(url.starts_with("https://") || url.starts_with("http://"))
+    {
+        return Err(MockAadError::Config(format!(
+            "public URL '{url}' must start with https:// or http://"
+        )));
+    }
 
     let listener = tokio::net::TcpListener::bind(cfg.listen)
         .await
@@ -252,15 +259,30 @@ fn host_for(addr: SocketAddr) -> String {
     }
 }
 
+/// Writes through a new temporary file renamed over `path`: readers never see half a CA, and a
+/// symlink planted at `path` (the default lives under a shared temp dir) is replaced, not followed.
 fn write_file(path: &Path, content: &[u8]) -> Result<(), MockAadError> {
+    use std::io::Write;
     let io = |source| MockAadError::Io {
         path: path.to_owned(),
         source,
     };
-    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-        std::fs::create_dir_all(parent).map_err(io)?;
+    let parent = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    std::fs::create_dir_all(parent).map_err(io)?;
+    let tmp = parent.join(format!(".{}.tmp", uuid::Uuid::new_v4()));
+    let written = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&tmp)
+        .and_then(|mut file| file.write_all(content))
+        .and_then(|()| std::fs::rename(&tmp, path));
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
     }
-    std::fs::write(path, content).map_err(io)
+    written.map_err(io)
 }
 
 impl MockAad {
