@@ -24,7 +24,7 @@ use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
@@ -66,33 +66,18 @@ pub(crate) async fn serve(
         let state = state.clone();
         let tls = tls.clone();
         tokio::spawn(async move {
-            let service = service_fn(move |req| {
-                let state = state.clone();
-                async move { Ok::<_, Infallible>(route(&state, peer, req).await) }
-            });
-            let mut http = hyper::server::conn::http1::Builder::new();
-            http.timer(TokioTimer::new())
-                .header_read_timeout(Duration::from_secs(30));
             let result = match tls {
+                None => serve_stream(stream, state, peer, watcher).await,
                 Some(acceptor) => {
                     match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await
                     {
-                        Ok(Ok(stream)) => {
-                            watcher
-                                .watch(http.serve_connection(TokioIo::new(stream), service))
-                                .await
-                        }
+                        Ok(Ok(stream)) => serve_stream(stream, state, peer, watcher).await,
                         Ok(Err(e)) => {
                             tracing::debug!(%peer, error = %e, "TLS handshake failed");
                             return;
                         }
                         Err(_) => return,
                     }
-                }
-                None => {
-                    watcher
-                        .watch(http.serve_connection(TokioIo::new(stream), service))
-                        .await
                 }
             };
             if let Err(e) = result {
@@ -107,6 +92,28 @@ pub(crate) async fn serve(
     {
         tracing::debug!("connections still open after the drain timeout");
     }
+}
+
+/// Serves HTTP/1.1 on one (TLS or plain) stream until it closes or shutdown drains it.
+async fn serve_stream<S>(
+    stream: S,
+    state: Arc<State>,
+    peer: SocketAddr,
+    watcher: Watcher,
+) -> Result<(), hyper::Error>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let service = service_fn(move |req| {
+        let state = state.clone();
+        async move { Ok::<_, Infallible>(route(&state, peer, req).await) }
+    });
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(Duration::from_secs(30));
+    watcher
+        .watch(http.serve_connection(TokioIo::new(stream), service))
+        .await
 }
 
 async fn route(state: &State, peer: SocketAddr, req: Request<Incoming>) -> HttpResponse {
@@ -142,8 +149,7 @@ async fn route(state: &State, peer: SocketAddr, req: Request<Incoming>) -> HttpR
             discovery::issuer_keys(state)
         }
         (&Method::POST, [tenant, "oauth2", "v2.0", "token"]) => {
-            let tenant = (*tenant).to_owned();
-            token_request(state, &tenant, req, &ids).await
+            token_request(state, tenant, req, &ids).await
         }
         (_, [_, "oauth2", "v2.0", "token"]) => AadError::new(
             StatusCode::BAD_REQUEST,
@@ -153,8 +159,7 @@ async fn route(state: &State, peer: SocketAddr, req: Request<Incoming>) -> HttpR
         )
         .into_response(&ids),
         (_, ["_mock", rest @ ..]) if peer.ip().to_canonical().is_loopback() => {
-            let rest: Vec<String> = rest.iter().map(|s| (*s).to_owned()).collect();
-            admin(state, &method, &rest, query.as_deref(), req).await
+            admin(state, &method, rest, query.as_deref(), req).await
         }
         _ => json_response(
             StatusCode::NOT_FOUND,
@@ -219,12 +224,11 @@ async fn read_body(req: Request<Incoming>) -> Result<Bytes, HttpResponse> {
 async fn admin(
     state: &State,
     method: &Method,
-    path: &[String],
+    path: &[&str],
     query: Option<&str>,
     req: Request<Incoming>,
 ) -> HttpResponse {
-    let path: Vec<&str> = path.iter().map(String::as_str).collect();
-    match (method, path.as_slice()) {
+    match (method, path) {
         (&Method::GET, ["health"]) => text_response(StatusCode::OK, "ok\n"),
         (&Method::GET, ["stats"]) => json_response(
             StatusCode::OK,
