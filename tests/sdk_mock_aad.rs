@@ -13,9 +13,12 @@ mod mock_client;
 mod mock_sdk;
 
 use std::collections::BTreeMap;
+use std::path::Path;
 use std::time::{Duration, SystemTime};
 
-use identity_sidecar::mock_aad::{DEFAULT_SUBJECT, FederatedTokenSpec, MockAad, MockAadConfig};
+use identity_sidecar::mock_aad::{
+    DEFAULT_SUBJECT, Fault, FaultAction, FederatedTokenSpec, MockAad, MockAadConfig,
+};
 use mock_client::*;
 use mock_sdk::{Client, Sdks, sdks_or_skip};
 
@@ -76,31 +79,12 @@ async fn check_sdk(test: &str, client: Client, mode: &str) {
     let mock = start_mock(MockAadConfig::default()).await;
     let http = client_for(&mock);
     let tmp = tempfile::tempdir().expect("temp dir");
-    let ca = mock
-        .ca_pem_path()
-        .expect("TLS mock has a CA")
-        .display()
-        .to_string();
     for scenario in scenarios(&mock) {
         let token_file = tmp
             .path()
             .join(format!("{}.jwt", scenario.name.replace(' ', "-")));
         std::fs::write(&token_file, &scenario.assertion).expect("write token file");
-        let env: BTreeMap<String, String> = [
-            ("AZURE_AUTHORITY_HOST", mock.authority_url().to_owned()),
-            ("AZURE_TENANT_ID", mock.tenant_id().to_owned()),
-            ("AZURE_CLIENT_ID", scenario.client_id.clone()),
-            (
-                "AZURE_FEDERATED_TOKEN_FILE",
-                token_file.display().to_string(),
-            ),
-            ("REQUESTS_CA_BUNDLE", ca.clone()),
-            ("NODE_EXTRA_CA_CERTS", ca.clone()),
-            ("SSL_CERT_FILE", ca.clone()),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_owned(), v))
-        .collect();
+        let env = sdk_env(&mock, &scenario.client_id, &token_file);
         let outcome = run(&sdks, client, mode, &env).await;
         match scenario.expect_code {
             None => {
@@ -138,6 +122,30 @@ async fn check_sdk(test: &str, client: Client, mode: &str) {
         "{mode}: the three failures reached the token endpoint"
     );
     mock.shutdown().await;
+}
+
+/// The environment an app gets: authority, tenant, client, token file and the CA for every runtime.
+fn sdk_env(mock: &MockAad, client_id: &str, token_file: &Path) -> BTreeMap<String, String> {
+    let ca = mock
+        .ca_pem_path()
+        .expect("TLS mock has a CA")
+        .display()
+        .to_string();
+    [
+        ("AZURE_AUTHORITY_HOST", mock.authority_url().to_owned()),
+        ("AZURE_TENANT_ID", mock.tenant_id().to_owned()),
+        ("AZURE_CLIENT_ID", client_id.to_owned()),
+        (
+            "AZURE_FEDERATED_TOKEN_FILE",
+            token_file.display().to_string(),
+        ),
+        ("REQUESTS_CA_BUNDLE", ca.clone()),
+        ("NODE_EXTRA_CA_CERTS", ca.clone()),
+        ("SSL_CERT_FILE", ca),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect()
 }
 
 async fn run(
@@ -202,4 +210,63 @@ async fn node_client_assertion_credential() {
         "assertion",
     )
     .await;
+}
+
+/// A kubelet-layout token file (reached through `..data`) and one injected 503. SDKs with a retry
+/// policy (azure-identity, @azure/identity) get past it; bare msal-python surfaces it, and the next
+/// call succeeds.
+async fn check_kubelet_file_and_503(test: &str, client: Client, mode: &str, sdk_retries: bool) {
+    let Some(sdks) = sdks_or_skip(test) else {
+        return;
+    };
+    let mock = start_mock(MockAadConfig::default()).await;
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let writer = mock
+        .federated_token_writer(
+            tmp.path().join("azure-identity-token"),
+            DEFAULT_SUBJECT,
+            HOUR,
+        )
+        .expect("token writer");
+    let env = sdk_env(&mock, mock.client_id(), &writer.token_path());
+    mock.inject_fault(Fault::times(FaultAction::Unavailable, 1));
+    let mut outcome = run(&sdks, client, mode, &env).await;
+    if !sdk_retries {
+        assert!(
+            !outcome.ok,
+            "{mode}: expected the 503 to surface, got {}",
+            outcome.raw
+        );
+        assert!(
+            outcome.error.as_deref().unwrap_or_default().contains("503"),
+            "{}",
+            outcome.raw
+        );
+        outcome = run(&sdks, client, mode, &env).await;
+    }
+    assert!(outcome.ok, "{mode}: expected a token, got {}", outcome.raw);
+    let stats = mock.stats();
+    assert_eq!(
+        (stats.faults_injected, stats.tokens_issued),
+        (1, 1),
+        "{mode}: {stats:?}"
+    );
+}
+
+#[tokio::test]
+async fn python_workload_identity_reads_the_kubelet_file_and_retries_a_503() {
+    let test = "python_workload_identity_reads_the_kubelet_file_and_retries_a_503";
+    check_kubelet_file_and_503(test, Client::Python, "workload", true).await;
+}
+
+#[tokio::test]
+async fn python_msal_reads_the_kubelet_file_and_surfaces_a_503() {
+    let test = "python_msal_reads_the_kubelet_file_and_surfaces_a_503";
+    check_kubelet_file_and_503(test, Client::Python, "msal-cca", false).await;
+}
+
+#[tokio::test]
+async fn node_workload_identity_reads_the_kubelet_file_and_retries_a_503() {
+    let test = "node_workload_identity_reads_the_kubelet_file_and_retries_a_503";
+    check_kubelet_file_and_503(test, Client::Node, "workload", true).await;
 }
