@@ -1167,3 +1167,68 @@ fn federated_token_writer_outside_a_runtime_is_an_error_not_a_panic() {
     assert!(matches!(result, Err(MockAadError::Config(_))));
     runtime.block_on(mock.shutdown());
 }
+
+#[tokio::test]
+async fn hostile_assertions_get_entra_errors_never_a_crash() {
+    use base64::Engine as _;
+    let b64 = |v: serde_json::Value| {
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string())
+    };
+    let (mock, client) = mock_and_client(MockAadConfig::default()).await;
+    let now = now();
+    let claims = serde_json::json!({
+        "iss": mock.issuer_url(), "sub": DEFAULT_SUBJECT, "aud": "api://AzureADTokenExchange",
+        "exp": now + 600, "nbf": now, "iat": now,
+    });
+    // HS256 "signed" with a guessable secret: key confusion must not pass.
+    let hs_header = b64(serde_json::json!({"alg": "HS256", "typ": "JWT"}));
+    let hs = jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(b"secret"),
+    )
+    .expect("HS256 token");
+    let cases: Vec<(String, u64)> = vec![
+        (
+            format!(
+                "{}.{}.",
+                b64(serde_json::json!({"alg": "none"})),
+                b64(claims.clone())
+            ),
+            50027,
+        ),
+        (hs, 700027),
+        (format!("{hs_header}.{}.AAAA", b64(claims.clone())), 700027),
+        (
+            format!("{hs_header}.{}.AAAA", b64(serde_json::json!({"iss": 42}))),
+            50027,
+        ),
+        (
+            format!("{hs_header}.{}.AAAA", b64(serde_json::json!([1, 2, 3]))),
+            50027,
+        ),
+        ("\u{0}\u{1}..".to_owned(), 50027),
+        ("a".repeat(200_000), 50027),
+    ];
+    for (assertion, code) in cases {
+        let answer = assertion_request(&client, &mock, mock.client_id(), &assertion).await;
+        let status = if code == 50027 { 400 } else { 401 };
+        let error = if code == 50027 {
+            "invalid_request"
+        } else {
+            "invalid_client"
+        };
+        answer.assert_aadsts(status, error, code);
+    }
+    // The mock is still fine afterwards.
+    assert_eq!(
+        exchange(
+            &client,
+            &mock,
+            &FederatedTokenSpec::new(DEFAULT_SUBJECT, HOUR)
+        )
+        .await
+        .status,
+        200
+    );
+}
