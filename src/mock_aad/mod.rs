@@ -19,11 +19,11 @@
 //! # Ok(()) }
 //! ```
 //!
-//! Layout: [`config`] (apps and defaults), [`state`] (shared state, counters), [`server`] (sockets,
-//! routes, admin), [`token`] (the token endpoint), [`discovery`] (metadata and keys), [`errors`]
-//! (Entra's error body), [`keys`] (RSA keys), [`tls`] (CA and certificate), [`faults`],
-//! [`federated`] (issuer tokens and the kubelet layout), [`remote`] (other issuers' keys),
-//! [`command`] (the subcommand).
+//! Layout: [`config`] (apps and defaults), `state` (shared state, counters), `server` (sockets,
+//! routes, admin), `token` (the token endpoint), `discovery` (metadata and keys), `errors`
+//! (Entra's error body), `keys` (RSA keys), `tls` (CA and certificate), [`faults`],
+//! [`federated`] (issuer tokens and the kubelet layout), `remote` (other issuers' keys),
+//! `command` (the subcommand).
 
 mod command;
 pub mod config;
