@@ -47,7 +47,7 @@ pub struct MockAadArgs {
     pub tls_names: Vec<String>,
 
     /// Where to write the generated CA certificate (PEM) for clients to trust
-    /// [default: <temp dir>/identity-sidecar-mock-aad/ca.pem].
+    /// (default: $TMPDIR/identity-sidecar-mock-aad/ca.pem).
     #[arg(long, env = "MOCK_AAD_CA_FILE", value_name = "PATH")]
     pub ca_file: Option<PathBuf>,
 
@@ -80,7 +80,7 @@ pub struct MockAadArgs {
     #[arg(long, value_name = "DURATION", value_parser = parse_duration_secs)]
     pub token_lifetime: Option<Duration>,
 
-    /// Inject a fault into the token endpoint: 503, 429[:RETRY_AFTER_SECS], aadsts:CODE or delay:DURATION.
+    /// Inject a fault into the token endpoint: 503, 429 (or 429:RETRY_AFTER_SECS), aadsts:CODE or delay:DURATION.
     #[arg(long, value_name = "SPEC")]
     pub fault: Option<FaultAction>,
 
