@@ -1232,3 +1232,57 @@ async fn hostile_assertions_get_entra_errors_never_a_crash() {
         200
     );
 }
+
+#[tokio::test]
+async fn token_requests_are_recorded_without_secrets() {
+    let (mock, client) = mock_and_client(MockAadConfig {
+        apps: vec![app_with_secret("very-secret")],
+        ..MockAadConfig::default()
+    })
+    .await;
+    let assertion = format!(
+        "{}\n",
+        mock.mint_federated_token(DEFAULT_SUBJECT, HOUR)
+            .expect("mint")
+    );
+    assert_eq!(
+        assertion_request(&client, &mock, DEFAULT_CLIENT_ID, &assertion)
+            .await
+            .status,
+        200
+    );
+    let form = [
+        ("client_id", DEFAULT_CLIENT_ID),
+        ("grant_type", "client_credentials"),
+        ("scope", "api://x/.default"),
+        ("client_secret", "wrong-secret"),
+    ];
+    assert_eq!(
+        post_token(&client, &mock, mock.tenant_id(), &form)
+            .await
+            .status,
+        401
+    );
+
+    let log = mock.token_requests();
+    assert_eq!(log.len(), 2);
+    assert_eq!(log[0].credential, "client_assertion");
+    assert_eq!(log[0].assertion_subject.as_deref(), Some(DEFAULT_SUBJECT));
+    assert!(
+        log[0].assertion_untrimmed,
+        "the trailing newline is noticed"
+    );
+    assert_eq!((log[0].status, log[0].error_code), (200, None));
+    assert_eq!(log[0].scope.as_deref(), Some(ARM_SCOPE));
+    assert_eq!(log[1].credential, "client_secret");
+    assert_eq!((log[1].status, log[1].error_code), (401, Some(7000215)));
+    assert_eq!(log[1].client_id.as_deref(), Some(DEFAULT_CLIENT_ID));
+
+    let served = get_json(&client, &format!("{}_mock/requests", mock.authority_url())).await;
+    assert_eq!(served.body.as_array().map(Vec::len), Some(2));
+    let text = served.body.to_string();
+    assert!(
+        !text.contains("wrong-secret") && !text.contains(assertion.trim()),
+        "no secrets or tokens"
+    );
+}

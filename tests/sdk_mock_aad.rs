@@ -79,7 +79,14 @@ async fn check_sdk(test: &str, client: Client, mode: &str) {
     let mock = start_mock(MockAadConfig::default()).await;
     let http = client_for(&mock);
     let tmp = tempfile::tempdir().expect("temp dir");
+    let mut scenarios_sent = Vec::new();
     for scenario in scenarios(&mock) {
+        let subject = jsonwebtoken::dangerous::insecure_decode_claims::<serde_json::Value>(
+            scenario.assertion.trim(),
+        )
+        .ok()
+        .and_then(|c| c["sub"].as_str().map(str::to_owned));
+        scenarios_sent.push((scenario.client_id.clone(), subject));
         let token_file = tmp
             .path()
             .join(format!("{}.jwt", scenario.name.replace(' ', "-")));
@@ -115,6 +122,27 @@ async fn check_sdk(test: &str, client: Client, mode: &str) {
             }
         }
     }
+    // What the SDK sent, as the mock recorded it: the right client and the assertion's subject.
+    let log = mock.token_requests();
+    let expected: Vec<_> = scenarios_sent
+        .iter()
+        .map(|(client_id, sub)| (Some(client_id.clone()), sub.clone()))
+        .collect();
+    let seen: Vec<_> = log
+        .iter()
+        .map(|r| (r.client_id.clone(), r.assertion_subject.clone()))
+        .collect();
+    for entry in &expected {
+        assert!(
+            seen.contains(entry),
+            "{mode}: no request for {entry:?} in {seen:?}"
+        );
+    }
+    assert!(
+        log.iter()
+            .all(|r| r.scope.as_deref() == Some("https://management.azure.com/.default")),
+        "{mode}: {log:?}"
+    );
     let stats = mock.stats();
     assert_eq!(stats.tokens_issued, 1, "{mode}: one success");
     assert!(

@@ -17,7 +17,7 @@ Endpoints: /{tenant}/v2.0/.well-known/openid-configuration, /{tenant}/discovery/
 /common/discovery/instance, POST /{tenant}/oauth2/v2.0/token, /issuer/.well-known/openid-configuration,
 /issuer/openid/v1/jwks.
 
-Admin (loopback clients only): GET /_mock/health, GET /_mock/stats,
+Admin (loopback clients only): GET /_mock/health, GET /_mock/stats, GET /_mock/requests,
 POST /_mock/faults {\"action\":\"503|429[:SECS]|aadsts:CODE|delay:DURATION\",\"times\":N,\"share\":0.5},
 DELETE /_mock/faults, GET /_mock/federated-token?sub=SUBJECT&lifetime=1h[&aud=AUDIENCE].";
 

@@ -54,6 +54,7 @@ pub use errors::AadError;
 pub use faults::{Fault, FaultAction};
 pub use federated::{FederatedTokenMinter, FederatedTokenSpec, FederatedTokenWriter};
 pub use state::MockAadStats;
+pub use token::TokenRequestRecord;
 
 /// Why the mock could not start (or a key operation failed).
 #[derive(Debug, thiserror::Error)]
@@ -407,6 +408,12 @@ impl MockAad {
     /// Current counters.
     pub fn stats(&self) -> MockAadStats {
         self.state.counters.snapshot()
+    }
+
+    /// The last 256 token requests that reached validation (injected faults answer before it),
+    /// oldest first: what clients sent, without secrets or tokens.
+    pub fn token_requests(&self) -> Vec<TokenRequestRecord> {
+        self.state.token_log()
     }
 
     /// Stops accepting, lets open requests finish (up to 5 s), removes the temporary CA directory.

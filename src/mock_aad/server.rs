@@ -11,7 +11,7 @@
 //! | GET | `/common/discovery/instance` | [`discovery::instance_discovery`] |
 //! | POST | `/{tenant}/oauth2/v2.0/token` | [`token::handle`] (after fault injection) |
 //! | GET | `/issuer/.well-known/openid-configuration`, `/issuer/openid/v1/jwks` | the federated-token issuer |
-//! | any | `/_mock/...` | admin, from loopback peers only: `GET stats`, `POST`/`DELETE faults`, `GET federated-token?sub=&lifetime=`, `GET health` |
+//! | any | `/_mock/...` | admin, from loopback peers only: `GET stats`, `GET requests`, `POST`/`DELETE faults`, `GET federated-token?sub=&lifetime=`, `GET health` |
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -230,6 +230,9 @@ async fn admin(
 ) -> HttpResponse {
     match (method, path) {
         (&Method::GET, ["health"]) => text_response(StatusCode::OK, "ok\n"),
+        (&Method::GET, ["requests"]) => {
+            json_response(StatusCode::OK, &serde_json::json!(state.token_log()))
+        }
         (&Method::GET, ["stats"]) => json_response(
             StatusCode::OK,
             &serde_json::json!(state.counters.snapshot()),

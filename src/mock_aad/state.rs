@@ -4,9 +4,9 @@
 //! every connection behind an `Arc`. Nothing here changes after start except the fault and the
 //! counters.
 
-use std::collections::HashSet;
-use std::sync::Arc;
+use std::collections::{HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde::Serialize;
@@ -15,6 +15,10 @@ use super::config::{AppRegistration, FederatedCredential, SELF_ISSUER};
 use super::faults::FaultState;
 use super::keys::SigningKey;
 use super::remote::RemoteIssuers;
+use super::token::TokenRequestRecord;
+
+/// How many token requests [`State::record`] keeps (the oldest go first).
+const TOKEN_LOG_LEN: usize = 256;
 
 /// An app as the token endpoint sees it: object id chosen, `"self"` issuers resolved.
 pub(crate) struct RegisteredApp {
@@ -41,6 +45,8 @@ pub(crate) struct State {
     pub faults: FaultState,
     pub counters: Counters,
     pub remote: RemoteIssuers,
+    /// The last [`TOKEN_LOG_LEN`] token requests that reached validation.
+    pub token_log: Mutex<VecDeque<TokenRequestRecord>>,
 }
 
 impl State {
@@ -94,7 +100,24 @@ impl State {
             faults: FaultState::default(),
             counters: Counters::default(),
             remote: RemoteIssuers::default(),
+            token_log: Mutex::new(VecDeque::with_capacity(TOKEN_LOG_LEN)),
         }
+    }
+
+    pub(crate) fn record(&self, record: TokenRequestRecord) {
+        if let Ok(mut log) = self.token_log.lock() {
+            if log.len() == TOKEN_LOG_LEN {
+                log.pop_front();
+            }
+            log.push_back(record);
+        }
+    }
+
+    pub(crate) fn token_log(&self) -> Vec<TokenRequestRecord> {
+        self.token_log
+            .lock()
+            .map(|log| log.iter().cloned().collect())
+            .unwrap_or_default()
     }
 
     pub(crate) fn knows_tenant(&self, tenant: &str) -> bool {

@@ -69,7 +69,40 @@ impl BasicCredentials {
     }
 }
 
-/// Answers one token request. `form_body` is `None` when the body was not form-encoded.
+/// One token request as the mock saw it, for tests that check what a client sent. Holds no secret
+/// and no token: only the assertion's (unverified) subject.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct TokenRequestRecord {
+    /// Tenant segment of the URL.
+    pub tenant: String,
+    /// `client_id` (form or HTTP Basic).
+    pub client_id: Option<String>,
+    /// `scope` as sent.
+    pub scope: Option<String>,
+    /// `grant_type` as sent.
+    pub grant_type: Option<String>,
+    /// `client_assertion`, `client_secret` or `none`.
+    pub credential: &'static str,
+    /// `sub` of the assertion, read without verification.
+    pub assertion_subject: Option<String>,
+    /// Whether the assertion arrived with surrounding whitespace (Python sends the file untrimmed).
+    pub assertion_untrimmed: bool,
+    /// HTTP status answered.
+    pub status: u16,
+    /// AADSTS code of an error answer.
+    pub error_code: Option<u32>,
+    /// `correlation_id` of the answer (the client's request id when it sent one).
+    pub correlation_id: String,
+}
+
+type Form = HashMap<String, String>;
+
+fn field<'a>(form: &'a Form, name: &str) -> Option<&'a str> {
+    form.get(name).map(String::as_str).filter(|v| !v.is_empty())
+}
+
+/// Answers one token request. `form_body` is `None` when the body was not form-encoded (Entra
+/// reads only a form body; anything else looks like a request without fields).
 pub(crate) async fn handle(
     state: &State,
     tenant: &str,
@@ -77,7 +110,40 @@ pub(crate) async fn handle(
     basic: Option<BasicCredentials>,
     ids: &RequestIds,
 ) -> HttpResponse {
-    match issue(state, tenant, form_body, basic.as_ref()).await {
+    let form: Form = form_urlencoded::parse(form_body.unwrap_or_default())
+        .into_owned()
+        .collect();
+    let outcome = issue(state, tenant, &form, basic.as_ref()).await;
+    let assertion = field(&form, "client_assertion");
+    let secret = field(&form, "client_secret").or(basic.as_ref().map(|b| b.secret.as_str()));
+    let mut record = TokenRequestRecord {
+        tenant: tenant.to_owned(),
+        client_id: field(&form, "client_id")
+            .or(basic.as_ref().map(|b| b.client_id.as_str()))
+            .map(str::to_owned),
+        scope: field(&form, "scope").map(str::to_owned),
+        grant_type: field(&form, "grant_type").map(str::to_owned),
+        credential: match (assertion, secret) {
+            (Some(_), _) => "client_assertion",
+            (None, Some(_)) => "client_secret",
+            (None, None) => "none",
+        },
+        assertion_subject: assertion.and_then(|a| {
+            jsonwebtoken::dangerous::insecure_decode_claims::<serde_json::Value>(a.trim())
+                .ok()
+                .and_then(|claims| {
+                    claims
+                        .get("sub")
+                        .and_then(|s| s.as_str())
+                        .map(str::to_owned)
+                })
+        }),
+        assertion_untrimmed: assertion.is_some_and(|a| a.trim().len() != a.len()),
+        status: 200,
+        error_code: None,
+        correlation_id: ids.correlation_id.clone(),
+    };
+    let response = match outcome {
         Ok(body) => {
             Counters::bump(&state.counters.tokens_issued);
             let mut response = json_response(StatusCode::OK, &body);
@@ -92,25 +158,25 @@ pub(crate) async fn handle(
                 error = error.error,
                 "token request refused"
             );
+            record.status = error.status.as_u16();
+            record.error_code = Some(error.code);
             error.into_response(ids)
         }
-    }
+    };
+    state.record(record);
+    response
 }
 
 async fn issue(
     state: &State,
     tenant: &str,
-    form_body: Option<&[u8]>,
+    form: &Form,
     basic: Option<&BasicCredentials>,
 ) -> Result<serde_json::Value, AadError> {
     if !state.knows_tenant(tenant) {
         return Err(AadError::unknown_tenant(tenant));
     }
-    // Entra reads only a form body; anything else looks like a request without fields.
-    let form: HashMap<String, String> = form_urlencoded::parse(form_body.unwrap_or_default())
-        .into_owned()
-        .collect();
-    let field = |name: &str| form.get(name).map(String::as_str).filter(|v| !v.is_empty());
+    let field = |name: &str| field(form, name);
 
     let grant_type =
         field("grant_type").ok_or_else(|| AadError::missing_parameter("grant_type"))?;
