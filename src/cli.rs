@@ -23,6 +23,8 @@ pub enum Command {
     Token(crate::token_cmd::TokenArgs),
     /// Check a federation setup step by step and explain what to fix.
     Doctor(crate::doctor::DoctorArgs),
+    /// Run a mock Entra ID and Kubernetes-like token issuer (development and tests only).
+    MockAad(crate::mock_aad::MockAadArgs),
 }
 
 pub fn main() -> ExitCode {
@@ -31,5 +33,6 @@ pub fn main() -> ExitCode {
         Command::Serve(args) => crate::serve::run(args),
         Command::Token(args) => crate::token_cmd::run(args),
         Command::Doctor(args) => crate::doctor::run(args),
+        Command::MockAad(args) => crate::mock_aad::run_blocking(args),
     }
 }

@@ -4,7 +4,9 @@
 //! - [`core`]: the token core (federated-token file, Entra ID client, cache);
 //! - [`protocol`]: thin adapters for the IMDS and App Service protocols;
 //! - [`server`]: listeners, routing, health, metrics, shutdown;
-//! - [`config`], [`logging`], [`metrics`], [`cli`]: the edges.
+//! - [`config`], [`logging`], [`metrics`], [`cli`]: the edges;
+//! - [`mock_aad`]: a stand-in Entra ID for local development and tests, never on the request path
+//!   of `serve`.
 pub mod access_log;
 pub mod cli;
 pub mod config;
@@ -12,6 +14,7 @@ pub mod core;
 pub mod doctor;
 pub mod logging;
 pub mod metrics;
+pub mod mock_aad;
 pub mod protocol;
 pub mod serve;
 pub mod server;
