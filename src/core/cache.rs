@@ -35,6 +35,9 @@ const RENEW_BACKOFF_CAP: Duration = Duration::from_secs(30);
 #[derive(Debug)]
 pub struct CachedToken {
     pub access_token: Secret,
+    /// The token as a JSON string literal (quoted, escaped), made once so that answers do not
+    /// escape a kilobyte per request.
+    pub access_token_json: Secret,
     /// Expiry, seconds since the epoch.
     pub expires_on: u64,
     pub ext_expires_on: u64,
@@ -58,7 +61,10 @@ impl CachedToken {
             .map_or(half, |r| r.min(half));
         // Stop serving a little before the real expiry: the caller still has to use it.
         let margin = (lifetime / 10).min(Duration::from_secs(60));
+        let access_token_json =
+            Secret::new(serde_json::to_string(t.access_token.expose()).unwrap_or_default());
         CachedToken {
+            access_token_json,
             access_token: t.access_token,
             expires_on: epoch + t.expires_in,
             ext_expires_on: epoch + t.ext_expires_in.unwrap_or(t.expires_in).max(t.expires_in),

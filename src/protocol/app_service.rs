@@ -14,7 +14,7 @@ use std::borrow::Cow;
 use http::{HeaderMap, StatusCode};
 use serde::Serialize;
 
-use super::{HttpError, Query, TokenRequest};
+use super::{HttpError, JsonObject, Query, TokenRequest};
 use crate::config::ServeConfig;
 use crate::core::cache::CachedToken;
 
@@ -121,26 +121,17 @@ fn unauthorized(description: String) -> HttpError {
     }
 }
 
-#[derive(Serialize)]
-struct Body<'a> {
-    access_token: &'a str,
-    expires_on: String,
-    resource: &'a str,
-    token_type: &'a str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    client_id: Option<&'a str>,
-}
-
 pub fn render(version: Version, t: &CachedToken, req: &TokenRequest) -> Vec<u8> {
-    let body = Body {
-        access_token: t.access_token.expose(),
+    let body = JsonObject::with_capacity(t.access_token_json.expose().len() + 200)
+        .raw("access_token", t.access_token_json.expose())
         // A string: the Rust SDK fails on a JSON number (protocols.md §3).
-        expires_on: t.expires_on.to_string(),
-        resource: &req.resource,
-        token_type: "Bearer",
-        client_id: (version == Version::V2019).then_some(req.client_id.as_str()),
-    };
-    serde_json::to_vec(&body).unwrap_or_default()
+        .num_str("expires_on", t.expires_on)
+        .str("resource", &req.resource)
+        .str("token_type", "Bearer");
+    match version {
+        Version::V2019 => body.str("client_id", &req.client_id).finish(),
+        Version::V2017 => body.finish(),
+    }
 }
 
 #[derive(Serialize)]

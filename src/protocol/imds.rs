@@ -9,7 +9,7 @@ use std::borrow::Cow;
 use http::{HeaderMap, StatusCode};
 use serde::Serialize;
 
-use super::{HttpError, Query, TokenRequest};
+use super::{HttpError, JsonObject, Query, TokenRequest};
 use crate::config::ServeConfig;
 use crate::core::cache::CachedToken;
 
@@ -83,33 +83,19 @@ fn version_at_least(v: &str, min: &str) -> bool {
     well_formed && date >= min
 }
 
-#[derive(Serialize)]
-struct Body<'a> {
-    access_token: &'a str,
-    client_id: &'a str,
-    expires_in: String,
-    expires_on: String,
-    ext_expires_in: String,
-    not_before: String,
-    refresh_token: &'a str,
-    resource: &'a str,
-    token_type: &'a str,
-}
-
-/// The success body: real IMDS's field set, all strings, `expires_in` counted from now.
+/// The success body: real IMDS's field set and order, all strings, `expires_in` counted from now.
 pub fn render(t: &CachedToken, req: &TokenRequest) -> Vec<u8> {
-    let body = Body {
-        access_token: t.access_token.expose(),
-        client_id: &req.client_id,
-        expires_in: t.expires_in().to_string(),
-        expires_on: t.expires_on.to_string(),
-        ext_expires_in: t.ext_expires_in().to_string(),
-        not_before: t.not_before.to_string(),
-        refresh_token: "",
-        resource: &req.resource,
-        token_type: "Bearer",
-    };
-    serde_json::to_vec(&body).unwrap_or_default()
+    JsonObject::with_capacity(t.access_token_json.expose().len() + 320)
+        .raw("access_token", t.access_token_json.expose())
+        .str("client_id", &req.client_id)
+        .num_str("expires_in", t.expires_in())
+        .num_str("expires_on", t.expires_on)
+        .num_str("ext_expires_in", t.ext_expires_in())
+        .num_str("not_before", t.not_before)
+        .str("refresh_token", "")
+        .str("resource", &req.resource)
+        .str("token_type", "Bearer")
+        .finish()
 }
 
 #[derive(Serialize)]

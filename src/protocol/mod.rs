@@ -185,6 +185,60 @@ impl<'a> Query<'a> {
     }
 }
 
+/// Writes a flat JSON object field by field: the answers are small and hot, and their one large
+/// value (the access token) arrives already escaped.
+pub struct JsonObject(Vec<u8>);
+
+impl JsonObject {
+    pub fn with_capacity(n: usize) -> Self {
+        let mut v = Vec::with_capacity(n);
+        v.push(b'{');
+        JsonObject(v)
+    }
+
+    fn key(&mut self, name: &str) {
+        if self.0.len() > 1 {
+            self.0.push(b',');
+        }
+        self.0.push(b'"');
+        self.0.extend_from_slice(name.as_bytes());
+        self.0.extend_from_slice(b"\":");
+    }
+
+    /// A value that is already a JSON literal.
+    pub fn raw(mut self, name: &str, literal: &str) -> Self {
+        self.key(name);
+        self.0.extend_from_slice(literal.as_bytes());
+        self
+    }
+
+    pub fn str(mut self, name: &str, value: &str) -> Self {
+        self.key(name);
+        let _ = serde_json::to_writer(&mut self.0, value);
+        self
+    }
+
+    /// A number written as a string, as IMDS sends numbers.
+    pub fn num_str(mut self, name: &str, value: u64) -> Self {
+        use std::io::Write as _;
+        self.key(name);
+        let _ = write!(self.0, "\"{value}\"");
+        self
+    }
+
+    pub fn num(mut self, name: &str, value: u64) -> Self {
+        use std::io::Write as _;
+        self.key(name);
+        let _ = write!(self.0, "{value}");
+        self
+    }
+
+    pub fn finish(mut self) -> Vec<u8> {
+        self.0.push(b'}');
+        self.0
+    }
+}
+
 /// Normalises a request path for routing: repeated slashes collapse (Java sends
 /// `//metadata/...`) and one trailing slash is ignored (the JS SDK sends `.../token/`).
 pub fn normalize_path(path: &str) -> Cow<'_, str> {
@@ -214,6 +268,18 @@ pub fn normalize_path(path: &str) -> Cow<'_, str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn json_object_is_valid_json() {
+        let b = JsonObject::with_capacity(64)
+            .raw("a", "\"x\"")
+            .str("b", "q\"\n")
+            .num_str("c", 5)
+            .num("d", 6)
+            .finish();
+        let v: serde_json::Value = serde_json::from_slice(&b).expect("json");
+        assert_eq!(v, serde_json::json!({"a":"x","b":"q\"\n","c":"5","d":6}));
+    }
 
     #[test]
     fn paths_normalise_like_the_sdks_need() {
