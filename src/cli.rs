@@ -17,6 +17,8 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
+    /// Run the whole chain locally with no cloud: mock Entra ID, rotating token file, and serve.
+    Dev(crate::dev::DevArgs),
     /// Serve managed-identity tokens exchanged from the federated token file.
     Serve(crate::config::ServeArgs),
     /// Fetch a token from a running sidecar (a curl for pods that have none).
@@ -30,6 +32,7 @@ pub enum Command {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
+        Command::Dev(args) => crate::dev::run(args),
         Command::Serve(args) => crate::serve::run(args),
         Command::Token(args) => crate::token_cmd::run(args),
         Command::Doctor(args) => crate::doctor::run(args),

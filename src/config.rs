@@ -128,6 +128,9 @@ pub struct ServeConfig {
     pub entra_budget: Duration,
     pub max_cached_tokens: usize,
     pub shutdown_grace: Duration,
+    /// PEM bundles trusted for Entra ID besides the system roots and `SSL_CERT_FILE` (used by
+    /// `dev` for the mock's CA; not a flag).
+    pub extra_ca_files: Vec<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -374,6 +377,7 @@ impl ServeArgs {
             entra_budget,
             max_cached_tokens,
             shutdown_grace,
+            extra_ca_files: Vec::new(),
         })
     }
 }

@@ -124,7 +124,7 @@ pub fn run(args: DoctorArgs) -> ExitCode {
     rt.block_on(async {
         println!("3. authority");
         let discovery = cfg.authority.join(&format!("{}/v2.0/.well-known/openid-configuration", cfg.tenant_id));
-        let tls = crate::core::entra::tls_config();
+        let tls = crate::core::entra::tls_config(&cfg.extra_ca_files);
         let http = tls.and_then(|t| {
             reqwest::Client::builder().use_preconfigured_tls(t).timeout(Duration::from_secs(10)).build().map_err(|e| e.to_string())
         });
@@ -156,7 +156,7 @@ pub fn run(args: DoctorArgs) -> ExitCode {
         }
 
         println!("4. token exchange (resource {})", args.resource);
-        let entra = match EntraClient::new(&cfg.authority, &cfg.tenant_id, cfg.entra_timeout, cfg.entra_timeout, std::sync::Arc::new(Metrics::new())) {
+        let entra = match EntraClient::new(&cfg.authority, &cfg.tenant_id, cfg.entra_timeout, cfg.entra_timeout, &cfg.extra_ca_files, std::sync::Arc::new(Metrics::new())) {
             Ok(e) => e,
             Err(e) => {
                 r.fail(&e, "");

@@ -11,6 +11,7 @@ pub mod access_log;
 pub mod cli;
 pub mod config;
 pub mod core;
+pub mod dev;
 pub mod doctor;
 pub mod logging;
 pub mod metrics;

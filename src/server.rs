@@ -104,6 +104,7 @@ pub async fn start(cfg: ServeConfig) -> Result<Running, StartError> {
         &cfg.tenant_id,
         cfg.entra_timeout,
         cfg.entra_budget,
+        &cfg.extra_ca_files,
         Arc::clone(&metrics),
     )
     .map_err(StartError::Setup)?;

@@ -74,12 +74,13 @@ impl EntraClient {
         tenant: &str,
         attempt_timeout: Duration,
         budget: Duration,
+        extra_ca_files: &[std::path::PathBuf],
         metrics: Arc<Metrics>,
     ) -> Result<Self, String> {
         let token_url = authority
             .join(&format!("{tenant}/oauth2/v2.0/token"))
             .map_err(|e| format!("cannot build the token URL from {authority}: {e}"))?;
-        let tls = tls_config()?;
+        let tls = tls_config(extra_ca_files)?;
         let http = reqwest::Client::builder()
             .use_preconfigured_tls(tls)
             .connect_timeout(attempt_timeout.min(Duration::from_secs(5)))
@@ -449,8 +450,9 @@ fn error_chain(e: &dyn std::error::Error) -> String {
     s
 }
 
-/// TLS trust: the system's roots plus the PEM bundle in `SSL_CERT_FILE` when it is set.
-pub fn tls_config() -> Result<rustls::ClientConfig, String> {
+/// TLS trust: the system's roots plus the PEM bundle in `SSL_CERT_FILE` when it is set, plus
+/// `extra` bundles.
+pub fn tls_config(extra: &[std::path::PathBuf]) -> Result<rustls::ClientConfig, String> {
     let mut roots = rustls::RootCertStore::empty();
     for bundle in SYSTEM_BUNDLES {
         if Path::new(bundle).is_file() {
@@ -466,6 +468,9 @@ pub fn tls_config() -> Result<rustls::ClientConfig, String> {
                 Path::new(&extra).display()
             ));
         }
+    }
+    for file in extra {
+        add_pem_file(&mut roots, file)?;
     }
     if roots.is_empty() {
         tracing::warn!(

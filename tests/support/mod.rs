@@ -194,23 +194,28 @@ impl Process {
         }
         let mut child = cmd.spawn().expect("spawn identity-sidecar");
         let logs = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
-        let mut stderr = child.stderr.take().expect("stderr");
-        let mut stdout = child.stdout.take().expect("stdout");
-        let sink = std::sync::Arc::clone(&logs);
-        let reader = std::thread::spawn(move || {
-            let mut buf = [0u8; 4096];
-            loop {
-                match stderr.read(&mut buf) {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => sink
-                        .lock()
-                        .expect("lock")
-                        .push_str(&String::from_utf8_lossy(&buf[..n])),
+        let stderr = child.stderr.take().expect("stderr");
+        let stdout = child.stdout.take().expect("stdout");
+        let pump = |mut from: Box<dyn std::io::Read + Send>,
+                    sink: std::sync::Arc<std::sync::Mutex<String>>| {
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 4096];
+                loop {
+                    match from.read(&mut buf) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => sink
+                            .lock()
+                            .expect("lock")
+                            .push_str(&String::from_utf8_lossy(&buf[..n])),
+                    }
                 }
-            }
-            let mut rest = String::new();
-            let _ = stdout.read_to_string(&mut rest);
-            sink.lock().expect("lock").push_str(&rest);
+            })
+        };
+        let out_reader = pump(Box::new(stdout), std::sync::Arc::clone(&logs));
+        let err_reader = pump(Box::new(stderr), std::sync::Arc::clone(&logs));
+        let reader = std::thread::spawn(move || {
+            let _ = out_reader.join();
+            let _ = err_reader.join();
         });
         Process {
             child,
