@@ -234,3 +234,48 @@ fn real_sdks_through_the_dev_chain_while_the_token_rotates() {
     }
     assert!(round >= 2);
 }
+
+/// The README's quick start, exactly as written: `dev` on its defaults, then the README's curl.
+#[test]
+fn readme_quick_start_works_as_written() {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).expect("README");
+    assert!(
+        readme.contains("cargo run --release -- dev"),
+        "the quick start runs dev"
+    );
+    let curl = readme
+        .lines()
+        .find(|l| l.starts_with("curl "))
+        .expect("a curl line in the README")
+        .to_string();
+    if std::net::TcpListener::bind("127.0.0.1:8000").is_err() {
+        panic!("port 8000 is taken: the README's quick start needs it");
+    }
+    let dev = Process::spawn(&["dev"], &[]);
+    let end = Instant::now() + Duration::from_secs(20);
+    while !dev.logs().contains("# try: curl") {
+        assert!(Instant::now() < end, "dev did not start:\n{}", dev.logs());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!("{curl} --silent --show-error --fail"))
+        .output()
+        .expect("curl");
+    assert!(
+        out.status.success(),
+        "{curl}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let body: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON token");
+    assert!(
+        body["access_token"]
+            .as_str()
+            .is_some_and(|t| t.split('.').count() == 3),
+        "{body}"
+    );
+    dev.signal(libc::SIGINT);
+    let (code, logs) = dev.wait(Duration::from_secs(15));
+    assert_eq!(code, Some(0), "{logs}");
+}
