@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use crate::config::ServeArgs;
-use crate::core::entra::{EntraClient, EntraError};
+use crate::core::entra::{EntraClient, EntraError, error_chain};
 use crate::core::federated::{SourceError, read_token};
 use crate::metrics::Metrics;
 
@@ -230,15 +230,4 @@ fn aadsts(description: &str) -> i64 {
         })
         .and_then(|d| d.parse().ok())
         .unwrap_or(0)
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
 }
