@@ -56,19 +56,33 @@ pub fn record(e: &Entry<'_>) {
     });
 }
 
+/// RFC 3339 UTC with microseconds, like `tracing-subscriber`'s, without `fmt` machinery.
 fn timestamp(buf: &mut Vec<u8>) {
     let now = time::OffsetDateTime::now_utc();
-    let _ = write!(
-        buf,
-        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:06}Z",
-        now.year(),
-        u8::from(now.month()),
-        now.day(),
-        now.hour(),
-        now.minute(),
-        now.second(),
-        now.microsecond()
-    );
+    digits(buf, now.year().max(0) as u32, 4);
+    buf.push(b'-');
+    digits(buf, u8::from(now.month()).into(), 2);
+    buf.push(b'-');
+    digits(buf, now.day().into(), 2);
+    buf.push(b'T');
+    digits(buf, now.hour().into(), 2);
+    buf.push(b':');
+    digits(buf, now.minute().into(), 2);
+    buf.push(b':');
+    digits(buf, now.second().into(), 2);
+    buf.push(b'.');
+    digits(buf, now.microsecond(), 6);
+    buf.push(b'Z');
+}
+
+/// `n` zero-padded to `width` digits.
+fn digits(buf: &mut Vec<u8>, mut n: u32, width: usize) {
+    let start = buf.len();
+    buf.resize(start + width, b'0');
+    for i in (start..start + width).rev() {
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+    }
 }
 
 fn json_line(buf: &mut Vec<u8>, e: &Entry<'_>) {
@@ -136,6 +150,18 @@ mod tests {
             latency_ms: 0.1234,
             cache: "hit",
         }
+    }
+
+    #[test]
+    fn timestamps_are_rfc3339() {
+        let mut buf = Vec::new();
+        timestamp(&mut buf);
+        let s = String::from_utf8(buf).expect("utf8");
+        assert!(
+            time::OffsetDateTime::parse(&s, &time::format_description::well_known::Rfc3339).is_ok(),
+            "{s}"
+        );
+        assert_eq!(s.len(), "2026-11-26T17:32:29.258899Z".len());
     }
 
     #[test]

@@ -22,10 +22,22 @@ struct OutcomeLabels {
     outcome: &'static str,
 }
 
+const ENDPOINTS: [&str; 7] = [
+    "imds",
+    "app_service",
+    "healthz",
+    "readyz",
+    "metrics",
+    "imds_other",
+    "not_found",
+];
+const STATUSES: [u16; 9] = [200, 400, 401, 404, 405, 429, 500, 502, 503];
+
 /// All counters of one sidecar process.
 pub struct Metrics {
     registry: Registry,
     requests: Family<RequestLabels, Counter>,
+    request_slots: Box<[std::sync::OnceLock<Counter>]>,
     cache_hits: Counter,
     cache_misses: Counter,
     entra_calls: Family<OutcomeLabels, Counter>,
@@ -96,6 +108,9 @@ impl Metrics {
         Metrics {
             registry,
             requests,
+            request_slots: (0..ENDPOINTS.len() * STATUSES.len())
+                .map(|_| std::sync::OnceLock::new())
+                .collect(),
             cache_hits,
             cache_misses,
             entra_calls,
@@ -106,10 +121,26 @@ impl Metrics {
         }
     }
 
+    /// Counts a request. The common (endpoint, status) pairs keep their counter handle, so the
+    /// hot path skips the family's lock and label hashing.
     pub fn request(&self, endpoint: &'static str, status: u16) {
-        self.requests
-            .get_or_create(&RequestLabels { endpoint, status })
-            .inc();
+        let slot = ENDPOINTS
+            .iter()
+            .position(|e| *e == endpoint)
+            .zip(STATUSES.iter().position(|s| *s == status));
+        match slot {
+            Some((e, s)) => self.request_slots[e * STATUSES.len() + s]
+                .get_or_init(|| {
+                    self.requests
+                        .get_or_create(&RequestLabels { endpoint, status })
+                        .clone()
+                })
+                .inc(),
+            None => self
+                .requests
+                .get_or_create(&RequestLabels { endpoint, status })
+                .inc(),
+        };
     }
 
     pub fn cache(&self, hit: bool) {

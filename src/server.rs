@@ -25,7 +25,7 @@ use crate::core::cache::Lookup;
 use crate::core::entra::EntraClient;
 use crate::core::federated::TokenSource;
 use crate::metrics::Metrics;
-use crate::protocol::{self, HttpError, app_service, imds};
+use crate::protocol::{self, HttpError, TokenRequest, app_service, imds};
 
 /// A client must send its request head within this time (slowloris defence).
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
@@ -287,26 +287,12 @@ impl Route {
     }
 }
 
-/// Per-request facts for the access log.
-struct Outcome {
-    flavor: &'static str,
-    client_id: Option<String>,
-    resource: Option<String>,
-    cache: Option<Lookup>,
-}
-
 async fn handle(app: Arc<App>, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
     let started = Instant::now();
     let route = Route::of(req.uri().path());
-    let mut out = Outcome {
-        flavor: route.name(),
-        client_id: None,
-        resource: None,
-        cache: None,
-    };
     let resp = match route {
-        Route::Imds => token_imds(&app, &req, &mut out).await,
-        Route::AppService => token_app_service(&app, &req, &mut out).await,
+        Route::Imds => token_imds(&app, &req, started).await,
+        Route::AppService => token_app_service(&app, &req, started).await,
         Route::Healthz => {
             only_get(&req).unwrap_or_else(|| json(StatusCode::OK, br#"{"status":"ok"}"#.to_vec()))
         }
@@ -329,76 +315,101 @@ async fn handle(app: Arc<App>, req: Request<Incoming>) -> Result<Response<Body>,
     };
     let status = resp.status().as_u16();
     app.metrics.request(route.name(), status);
-    let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
-    match route {
-        Route::Imds | Route::AppService => crate::access_log::record(&crate::access_log::Entry {
-            flavor: out.flavor,
-            client_id: out.client_id.as_deref().unwrap_or("-"),
-            resource: out.resource.as_deref().unwrap_or("-"),
-            status,
-            latency_ms,
-            cache: match out.cache {
-                Some(Lookup::Hit) => "hit",
-                Some(Lookup::Miss) => "miss",
-                None => "-",
-            },
-        }),
-        _ => tracing::debug!(
+    if !matches!(route, Route::Imds | Route::AppService) {
+        let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
+        tracing::debug!(
             endpoint = route.name(),
             status,
             latency_ms = format_args!("{latency_ms:.2}"),
             "request"
-        ),
+        );
     }
     Ok(resp)
 }
 
-async fn token_imds(app: &App, req: &Request<Incoming>, out: &mut Outcome) -> Response<Body> {
-    if req.method() != Method::GET {
-        return method_not_allowed(imds::render_error);
-    }
-    let parsed = imds::parse(req.headers(), req.uri().query(), &app.cfg);
-    let treq = match parsed {
-        Ok(r) => r,
-        Err(e) => return error_response(&e, imds::render_error),
-    };
-    out.client_id = Some(treq.client_id.clone());
-    out.resource = Some(treq.resource.clone());
-    match app.tokens.token(&treq.client_id, &treq.resource).await {
-        Ok((t, how)) => {
-            out.cache = Some(how);
-            json(StatusCode::OK, imds::render(&t, &treq))
-        }
-        Err(e) => error_response(&HttpError::from_token_error(&e), imds::render_error),
-    }
+/// Writes the access-log line of a token request; `req` is what the adapter parsed, if anything.
+fn access(
+    flavor: &str,
+    req: Option<&TokenRequest<'_>>,
+    resp: &Response<Body>,
+    cache: Option<Lookup>,
+    started: Instant,
+) {
+    crate::access_log::record(&crate::access_log::Entry {
+        flavor,
+        client_id: req.map_or("-", |r| r.client_id),
+        resource: req.map_or("-", |r| &r.resource),
+        status: resp.status().as_u16(),
+        latency_ms: started.elapsed().as_secs_f64() * 1000.0,
+        cache: match cache {
+            Some(Lookup::Hit) => "hit",
+            Some(Lookup::Miss) => "miss",
+            None => "-",
+        },
+    });
 }
 
-async fn token_app_service(
-    app: &App,
-    req: &Request<Incoming>,
-    out: &mut Outcome,
-) -> Response<Body> {
+async fn token_imds(app: &App, req: &Request<Incoming>, started: Instant) -> Response<Body> {
+    const FLAVOR: &str = "imds";
     if req.method() != Method::GET {
-        return method_not_allowed(app_service::render_error);
+        let resp = method_not_allowed(imds::render_error);
+        access(FLAVOR, None, &resp, None, started);
+        return resp;
+    }
+    let treq = match imds::parse(req.headers(), req.uri().query(), &app.cfg) {
+        Ok(r) => r,
+        Err(e) => {
+            let resp = error_response(&e, imds::render_error);
+            access(FLAVOR, None, &resp, None, started);
+            return resp;
+        }
+    };
+    let (resp, cache) = match app.tokens.token(treq.client_id, &treq.resource).await {
+        Ok((t, how)) => (json(StatusCode::OK, imds::render(&t, &treq)), Some(how)),
+        Err(e) => (
+            error_response(&HttpError::from_token_error(&e), imds::render_error),
+            None,
+        ),
+    };
+    access(FLAVOR, Some(&treq), &resp, cache, started);
+    resp
+}
+
+async fn token_app_service(app: &App, req: &Request<Incoming>, started: Instant) -> Response<Body> {
+    const FLAVOR: &str = "app-service";
+    if req.method() != Method::GET {
+        let resp = method_not_allowed(app_service::render_error);
+        access(FLAVOR, None, &resp, None, started);
+        return resp;
     }
     let version = match app_service::version(req.uri().query()) {
         Ok(v) => v,
-        Err(e) => return error_response(&e, app_service::render_error),
+        Err(e) => {
+            let resp = error_response(&e, app_service::render_error);
+            access(FLAVOR, None, &resp, None, started);
+            return resp;
+        }
     };
-    out.flavor = version.name();
     let treq = match app_service::parse(version, req.headers(), req.uri().query(), &app.cfg) {
         Ok(r) => r,
-        Err(e) => return error_response(&e, app_service::render_error),
-    };
-    out.client_id = Some(treq.client_id.clone());
-    out.resource = Some(treq.resource.clone());
-    match app.tokens.token(&treq.client_id, &treq.resource).await {
-        Ok((t, how)) => {
-            out.cache = Some(how);
-            json(StatusCode::OK, app_service::render(version, &t, &treq))
+        Err(e) => {
+            let resp = error_response(&e, app_service::render_error);
+            access(version.name(), None, &resp, None, started);
+            return resp;
         }
-        Err(e) => error_response(&HttpError::from_token_error(&e), app_service::render_error),
-    }
+    };
+    let (resp, cache) = match app.tokens.token(treq.client_id, &treq.resource).await {
+        Ok((t, how)) => (
+            json(StatusCode::OK, app_service::render(version, &t, &treq)),
+            Some(how),
+        ),
+        Err(e) => (
+            error_response(&HttpError::from_token_error(&e), app_service::render_error),
+            None,
+        ),
+    };
+    access(version.name(), Some(&treq), &resp, cache, started);
+    resp
 }
 
 fn readyz(app: &App) -> Response<Body> {

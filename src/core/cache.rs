@@ -9,10 +9,11 @@
 //!   back off; errors are never cached, except that a throttled key waits out `Retry-After`.
 //! - **Bounded**: at most `max_entries` keys; idle keys stop being refreshed and are dropped.
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwapOption;
 use futures_util::FutureExt as _;
 use futures_util::future::{BoxFuture, Shared};
 use rand::Rng as _;
@@ -106,13 +107,16 @@ type Flight = Shared<BoxFuture<'static, Result<Arc<CachedToken>, TokenError>>>;
 struct Entry {
     client_id: Arc<str>,
     scope: Arc<str>,
+    /// The current token, read without a lock on the hit path.
+    token: ArcSwapOption<CachedToken>,
+    /// Last request for this key, in nanoseconds since [`Inner::base`].
+    last_used: AtomicU64,
+    /// Everything about fetching; never locked on a cache hit.
     state: Mutex<State>,
 }
 
 struct State {
-    token: Option<Arc<CachedToken>>,
     flight: Option<Flight>,
-    last_used: Instant,
     failures: u32,
     /// Earliest time for the next background renewal after a failure.
     retry_at: Option<Instant>,
@@ -130,6 +134,8 @@ struct Inner {
     fetcher: Arc<dyn Fetch>,
     metrics: Arc<Metrics>,
     wake: tokio::sync::Notify,
+    /// Origin of the `last_used` clocks.
+    base: Instant,
 }
 
 /// The cache; dropping it stops its refresher.
@@ -158,6 +164,7 @@ impl TokenCache {
             fetcher,
             metrics,
             wake: tokio::sync::Notify::new(),
+            base: Instant::now(),
         });
         let refresher = tokio::spawn(refresher(Arc::clone(&inner)));
         TokenCache { inner, refresher }
@@ -172,6 +179,23 @@ impl TokenCache {
         self.len() == 0
     }
 
+    /// The cached token for an existing key when it is usable, without waiting or allocating.
+    pub fn try_hit(&self, client_id: &str, scope: &str) -> Option<Arc<CachedToken>> {
+        let entry = self
+            .inner
+            .read_map()
+            .get(client_id)
+            .and_then(|m| m.get(scope))
+            .map(Arc::clone)?;
+        let now = Instant::now();
+        let t = entry.token.load_full().filter(|t| now < t.usable_until)?;
+        entry
+            .last_used
+            .store(self.inner.nanos(now), Ordering::Relaxed);
+        self.inner.metrics.cache(true);
+        Some(t)
+    }
+
     /// A usable token for the key: from the cache, or from one shared upstream call.
     pub async fn get(
         &self,
@@ -180,14 +204,23 @@ impl TokenCache {
     ) -> Result<(Arc<CachedToken>, Lookup), TokenError> {
         let entry = self.inner.entry(client_id, scope);
         let now = Instant::now();
+        entry
+            .last_used
+            .store(self.inner.nanos(now), Ordering::Relaxed);
+        if let Some(t) = entry.token.load().as_ref()
+            && now < t.usable_until
+        {
+            self.inner.metrics.cache(true);
+            return Ok((Arc::clone(t), Lookup::Hit));
+        }
         let flight = {
             let mut st = lock(&entry.state);
-            st.last_used = now;
-            if let Some(t) = &st.token
+            // A flight may have finished between the read above and this lock.
+            if let Some(t) = entry.token.load_full()
                 && now < t.usable_until
             {
                 self.inner.metrics.cache(true);
-                return Ok((Arc::clone(t), Lookup::Hit));
+                return Ok((t, Lookup::Hit));
             }
             if let Some((until, e)) = &st.blocked {
                 if now < *until {
@@ -211,6 +244,14 @@ impl TokenCache {
 }
 
 impl Inner {
+    fn nanos(&self, t: Instant) -> u64 {
+        t.saturating_duration_since(self.base).as_nanos() as u64
+    }
+
+    fn instant(&self, nanos: u64) -> Instant {
+        self.base + Duration::from_nanos(nanos)
+    }
+
     fn entry(&self, client_id: &str, scope: &str) -> Arc<Entry> {
         if let Some(e) = self.read_map().get(client_id).and_then(|m| m.get(scope)) {
             return Arc::clone(e);
@@ -225,10 +266,10 @@ impl Inner {
         let entry = Arc::new(Entry {
             client_id: Arc::from(client_id),
             scope: Arc::from(scope),
+            token: ArcSwapOption::empty(),
+            last_used: AtomicU64::new(self.nanos(Instant::now())),
             state: Mutex::new(State {
-                token: None,
                 flight: None,
-                last_used: Instant::now(),
                 failures: 0,
                 retry_at: None,
                 blocked: None,
@@ -261,7 +302,7 @@ impl Inner {
             match result {
                 Ok(issued) => {
                     let token = Arc::new(CachedToken::new(issued));
-                    st.token = Some(Arc::clone(&token));
+                    entry.token.store(Some(Arc::clone(&token)));
                     st.failures = 0;
                     st.retry_at = None;
                     st.blocked = None;
@@ -285,8 +326,9 @@ impl Inner {
                     let backoff = renew_backoff(st.failures).max(hinted.unwrap_or(Duration::ZERO));
                     st.retry_at = Some(now + backoff);
                     if background {
-                        let left = st
+                        let left = entry
                             .token
+                            .load()
                             .as_ref()
                             .map(|t| t.usable_until.saturating_duration_since(now));
                         drop(st);
@@ -319,7 +361,7 @@ impl Inner {
     /// look again.
     fn tick(self: &Arc<Self>, now: Instant) -> Instant {
         let mut next = now + MAX_TICK;
-        let mut idle: Vec<(Arc<str>, Arc<str>, Instant)> = Vec::new();
+        let mut idle: Vec<(Arc<str>, Arc<str>, u64)> = Vec::new();
         {
             let map = self.read_map();
             for entry in map.values().flat_map(|m| m.values()) {
@@ -327,26 +369,20 @@ impl Inner {
                 if st.flight.is_some() {
                     continue;
                 }
-                let Some(t) = st.token.clone() else {
-                    if now.saturating_duration_since(st.last_used) > IDLE_WITHOUT_TOKEN {
-                        idle.push((
-                            Arc::clone(&entry.client_id),
-                            Arc::clone(&entry.scope),
-                            st.last_used,
-                        ));
+                let seen = entry.last_used.load(Ordering::Relaxed);
+                let last_used = self.instant(seen);
+                let Some(t) = entry.token.load_full() else {
+                    if now.saturating_duration_since(last_used) > IDLE_WITHOUT_TOKEN {
+                        idle.push((Arc::clone(&entry.client_id), Arc::clone(&entry.scope), seen));
                     }
                     continue;
                 };
                 // In use: asked for within the last token lifetime. SDKs cache tokens themselves and
                 // come back near expiry, so a shorter window would let their next request wait.
-                let in_use = now.saturating_duration_since(st.last_used) < t.lifetime;
+                let in_use = now.saturating_duration_since(last_used) < t.lifetime;
                 if !in_use {
                     if now >= t.usable_until {
-                        idle.push((
-                            Arc::clone(&entry.client_id),
-                            Arc::clone(&entry.scope),
-                            st.last_used,
-                        ));
+                        idle.push((Arc::clone(&entry.client_id), Arc::clone(&entry.scope), seen));
                     } else {
                         next = next.min(t.usable_until);
                     }
@@ -367,7 +403,7 @@ impl Inner {
                     // Re-check under the write lock: a request may have arrived meanwhile.
                     let still_idle = m.get(&s).is_some_and(|e| {
                         let st = lock(&e.state);
-                        st.flight.is_none() && st.last_used == seen
+                        st.flight.is_none() && e.last_used.load(Ordering::Relaxed) == seen
                     });
                     if still_idle && m.remove(&s).is_some() {
                         self.len.fetch_sub(1, Ordering::Relaxed);
@@ -393,7 +429,7 @@ fn evict_lru(map: &mut Map, len: &AtomicUsize) {
         .filter_map(|e| {
             let st = lock(&e.state);
             st.flight.is_none().then_some((
-                st.last_used,
+                e.last_used.load(Ordering::Relaxed),
                 Arc::clone(&e.client_id),
                 Arc::clone(&e.scope),
             ))

@@ -77,6 +77,10 @@ impl Fetch for Exchanger {
     }
 }
 
+thread_local! {
+    static SCOPE: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) };
+}
+
 /// The token core as the server sees it.
 pub struct TokenService {
     source: Arc<TokenSource>,
@@ -106,8 +110,19 @@ impl TokenService {
         client_id: &str,
         resource: &str,
     ) -> Result<(Arc<CachedToken>, Lookup), TokenError> {
-        let scope = entra::scope_for(resource);
-        self.cache.get(client_id, &scope).await
+        // The hit path builds the scope in a reused buffer; only a miss allocates it.
+        let hit = SCOPE.with_borrow_mut(|scope| {
+            scope.clear();
+            scope.push_str(resource);
+            if !resource.ends_with("/.default") {
+                scope.push_str("/.default");
+            }
+            self.cache.try_hit(client_id, scope)
+        });
+        if let Some(t) = hit {
+            return Ok((t, Lookup::Hit));
+        }
+        self.cache.get(client_id, &entra::scope_for(resource)).await
     }
 
     pub fn source(&self) -> &Arc<TokenSource> {

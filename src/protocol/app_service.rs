@@ -60,7 +60,7 @@ pub fn matches(path: &str) -> bool {
 /// Decides the version from `api-version`, before anything else, so errors use its wording.
 pub fn version(query: Option<&str>) -> Result<Version, HttpError> {
     let q = Query::parse(query)?;
-    match q.api_version()? {
+    match q.api_version()?.as_ref() {
         "2017-09-01" => Ok(Version::V2017),
         v if v >= "2019-08-01"
             && v.len() >= 10
@@ -74,12 +74,12 @@ pub fn version(query: Option<&str>) -> Result<Version, HttpError> {
     }
 }
 
-pub fn parse(
+pub fn parse<'a>(
     version: Version,
     headers: &HeaderMap,
-    query: Option<&str>,
-    cfg: &ServeConfig,
-) -> Result<TokenRequest, HttpError> {
+    query: Option<&'a str>,
+    cfg: &'a ServeConfig,
+) -> Result<TokenRequest<'a>, HttpError> {
     let Some(secret) = &cfg.identity_header else {
         return Err(unauthorized(
             "The App Service endpoint is disabled: start identity-sidecar with --identity-header or IDENTITY_HEADER".into(),
@@ -129,7 +129,7 @@ pub fn render(version: Version, t: &CachedToken, req: &TokenRequest) -> Vec<u8> 
         .str("resource", &req.resource)
         .str("token_type", "Bearer");
     match version {
-        Version::V2019 => body.str("client_id", &req.client_id).finish(),
+        Version::V2019 => body.str("client_id", req.client_id).finish(),
         Version::V2017 => body.finish(),
     }
 }

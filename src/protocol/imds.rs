@@ -38,11 +38,11 @@ pub fn is_other_metadata(path: &str) -> bool {
         && (path.len() == 9 || path.as_bytes()[9] == b'/')
 }
 
-pub fn parse(
+pub fn parse<'a>(
     headers: &HeaderMap,
-    query: Option<&str>,
-    cfg: &ServeConfig,
-) -> Result<TokenRequest, HttpError> {
+    query: Option<&'a str>,
+    cfg: &'a ServeConfig,
+) -> Result<TokenRequest<'a>, HttpError> {
     let metadata = headers.get("metadata").and_then(|v| v.to_str().ok());
     if !metadata.is_some_and(|v| v.trim().eq_ignore_ascii_case("true")) {
         return Err(HttpError::bad_request(
@@ -56,7 +56,7 @@ pub fn parse(
     }
     let q = Query::parse(query)?;
     let version = q.api_version()?;
-    if !version_at_least(version, "2018-02-01") {
+    if !version_at_least(&version, "2018-02-01") {
         return Err(HttpError::bad_request(format!(
             "api-version '{version}' is not supported; use 2018-02-01 or later"
         )));
@@ -87,7 +87,7 @@ fn version_at_least(v: &str, min: &str) -> bool {
 pub fn render(t: &CachedToken, req: &TokenRequest) -> Vec<u8> {
     JsonObject::with_capacity(t.access_token_json.expose().len() + 320)
         .raw("access_token", t.access_token_json.expose())
-        .str("client_id", &req.client_id)
+        .str("client_id", req.client_id)
         .num_str("expires_in", t.expires_in())
         .num_str("expires_on", t.expires_on)
         .num_str("ext_expires_in", t.ext_expires_in())

@@ -20,11 +20,11 @@ use crate::core::entra::EntraError;
 
 /// What every flavor asks of the core.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TokenRequest {
+pub struct TokenRequest<'a> {
     /// The selected identity, always one of the allowed client ids.
-    pub client_id: String,
+    pub client_id: &'a str,
     /// The resource exactly as requested; echoed in the answer.
-    pub resource: String,
+    pub resource: Cow<'a, str>,
 }
 
 /// An error answer, rendered by the flavor that produced it.
@@ -93,51 +93,71 @@ impl HttpError {
     }
 }
 
-/// A decoded query string. Repeated keys are refused, as real IMDS does.
+/// A query string, decoded on demand (`application/x-www-form-urlencoded` rules: `+` is a space,
+/// `%XX` an escape; Python SDKs send values unencoded). Repeated keys are refused, as real IMDS
+/// does. Nothing is allocated unless a value is encoded.
 pub struct Query<'a> {
-    pairs: Vec<(Cow<'a, str>, Cow<'a, str>)>,
+    raw: &'a str,
+}
+
+fn pairs(raw: &str) -> impl Iterator<Item = (&str, &str)> {
+    raw.split('&')
+        .filter(|p| !p.is_empty())
+        .map(|p| p.split_once('=').unwrap_or((p, "")))
+}
+
+/// Decodes one query component.
+fn decode(s: &str) -> Cow<'_, str> {
+    if !s.contains(['%', '+']) {
+        return Cow::Borrowed(s);
+    }
+    let spaced = s.replace('+', " ");
+    Cow::Owned(
+        percent_encoding::percent_decode_str(&spaced)
+            .decode_utf8_lossy()
+            .into_owned(),
+    )
 }
 
 impl<'a> Query<'a> {
     pub fn parse(raw: Option<&'a str>) -> Result<Self, HttpError> {
-        let mut pairs: Vec<(Cow<'a, str>, Cow<'a, str>)> = Vec::new();
-        for (k, v) in form_urlencoded::parse(raw.unwrap_or("").as_bytes()) {
+        let raw = raw.unwrap_or("");
+        for (i, (k, _)) in pairs(raw).enumerate() {
+            let k = decode(k);
             if k.is_empty() {
                 continue;
             }
-            if pairs.iter().any(|(seen, _)| *seen == k) {
+            if pairs(raw).skip(i + 1).any(|(other, _)| decode(other) == k) {
                 return Err(HttpError::bad_request(format!(
                     "Query parameter '{k}' is given more than once"
                 )));
             }
-            pairs.push((k, v));
         }
-        Ok(Query { pairs })
+        Ok(Query { raw })
     }
 
-    /// The value of `key`; an empty value counts as absent.
-    pub fn get(&self, key: &str) -> Option<&str> {
-        self.pairs
-            .iter()
-            .find(|(k, _)| k == key)
-            .map(|(_, v)| v.as_ref())
+    /// The decoded value of `key`; an empty value counts as absent.
+    pub fn get(&self, key: &str) -> Option<Cow<'a, str>> {
+        pairs(self.raw)
+            .find(|(k, _)| decode(k) == key)
+            .map(|(_, v)| decode(v))
             .filter(|v| !v.is_empty())
     }
 
     /// `api-version`, required by every flavor.
-    pub fn api_version(&self) -> Result<&str, HttpError> {
+    pub fn api_version(&self) -> Result<Cow<'a, str>, HttpError> {
         self.get("api-version").ok_or_else(|| {
             HttpError::bad_request("Required query variable 'api-version' is missing")
         })
     }
 
     /// `resource`, checked against `--allowed-resources`.
-    pub fn resource(&self, cfg: &ServeConfig) -> Result<String, HttpError> {
+    pub fn resource(&self, cfg: &ServeConfig) -> Result<Cow<'a, str>, HttpError> {
         let r = self.get("resource").ok_or_else(|| {
             HttpError::bad_request("Required query variable 'resource' is missing")
         })?;
         if !cfg.allowed_resources.is_empty()
-            && !cfg.allowed_resources.iter().any(|rule| rule.matches(r))
+            && !cfg.allowed_resources.iter().any(|rule| rule.matches(&r))
         {
             let rules: Vec<String> = cfg
                 .allowed_resources
@@ -154,33 +174,33 @@ impl<'a> Query<'a> {
                 retry_after: None,
             });
         }
-        Ok(r.to_string())
+        Ok(r)
     }
 
     /// Resolves the identity selectors this flavor accepts (at most one may be given) to an
     /// allowed client id. Object ids and resource ids cannot be mapped to a client id here, so
     /// they select an identity only when their value is itself an allowed client id.
-    pub fn identity(&self, selectors: &[&str], cfg: &ServeConfig) -> Result<String, HttpError> {
+    pub fn identity<'c>(
+        &self,
+        selectors: &[&str],
+        cfg: &'c ServeConfig,
+    ) -> Result<&'c str, HttpError> {
         let mut given = selectors
             .iter()
             .filter_map(|s| self.get(s).map(|v| (*s, v)));
         let Some((_, value)) = given.next() else {
-            return Ok(cfg.allowed_client_ids[0].clone());
+            return Ok(&cfg.allowed_client_ids[0]);
         };
         if let Some((second, _)) = given.next() {
             return Err(HttpError::bad_request(format!(
                 "Only one identity may be selected; '{second}' was given as well"
             )));
         }
-        let wanted = value
-            .trim()
-            .trim_start_matches('{')
-            .trim_end_matches('}')
-            .to_ascii_lowercase();
+        let wanted = value.trim().trim_start_matches('{').trim_end_matches('}');
         cfg.allowed_client_ids
             .iter()
-            .find(|id| **id == wanted)
-            .cloned()
+            .find(|id| id.eq_ignore_ascii_case(wanted))
+            .map(String::as_str)
             .ok_or_else(HttpError::identity_not_found)
     }
 }
@@ -302,11 +322,28 @@ mod tests {
             "resource=https%3A%2F%2Fvault.azure.net&api-version=2018-02-01&x=",
         ))
         .expect("ok");
-        assert_eq!(q.get("resource"), Some("https://vault.azure.net"));
+        assert_eq!(
+            q.get("resource").as_deref(),
+            Some("https://vault.azure.net")
+        );
         assert_eq!(q.get("x"), None);
+        assert_eq!(
+            Query::parse(Some("a=b+c%20d"))
+                .expect("ok")
+                .get("a")
+                .as_deref(),
+            Some("b c d")
+        );
+        assert!(
+            Query::parse(Some("a=1&%61=2")).is_err(),
+            "an encoded repeat is a repeat"
+        );
         assert!(Query::parse(Some("resource=a&resource=b")).is_err());
         // Python sends values unencoded.
         let q = Query::parse(Some("resource=https://management.azure.com")).expect("ok");
-        assert_eq!(q.get("resource"), Some("https://management.azure.com"));
+        assert_eq!(
+            q.get("resource").as_deref(),
+            Some("https://management.azure.com")
+        );
     }
 }
