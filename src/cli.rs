@@ -1,25 +1,32 @@
-//! Command-line interface: one subcommand per job, each defined next to the code that runs it.
+//! Command-line interface: one subcommand per job; each subcommand's flags are defined next to
+//! the code that runs it, and `--help` is the manual.
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-/// identity-sidecar: Azure managed-identity endpoints from a workload-identity token.
-#[derive(Debug, Parser)]
-#[command(name = "identity-sidecar", version, about)]
+#[derive(Parser, Debug)]
+#[command(
+    name = "identity-sidecar",
+    version,
+    about = "Azure managed-identity endpoints (IMDS, App Service) from a workload-identity federated token"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
 }
 
-/// The subcommands.
-#[derive(Debug, Subcommand)]
+#[derive(Subcommand, Debug)]
 pub enum Command {
+    /// Serve managed-identity tokens exchanged from the federated token file.
+    Serve(crate::config::ServeArgs),
     /// Send TCP to 169.254.169.254:80 to the sidecar (run by an init container with NET_ADMIN).
     InitNetwork(crate::init_network::InitNetworkArgs),
 }
 
 pub fn main() -> ExitCode {
-    match Cli::parse().command {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve(args) => crate::serve::run(args),
         Command::InitNetwork(args) => crate::init_network::run(args),
     }
 }

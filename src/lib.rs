@@ -1,6 +1,17 @@
-//! identity-sidecar: serves Azure managed-identity endpoints from a workload-identity federated token.
+//! identity-sidecar: serves Azure managed-identity endpoints from a workload-identity federated
+//! token, so software that only knows managed identity works unmodified in a Kubernetes pod.
 //!
-//! One token core ([`core`]) and thin protocol adapters around it ([`protocol`]); [`server`] wires them
-//! to sockets. The mock Entra ID lives in [`mock_aad`] and is never on the request path of `serve`.
+//! - [`core`]: the token core (federated-token file, Entra ID client, cache);
+//! - [`protocol`]: thin adapters for the IMDS and App Service protocols;
+//! - [`server`]: listeners, routing, health, metrics, shutdown;
+//! - [`config`], [`logging`], [`metrics`], [`cli`]: the edges;
+//! - [`init_network`]: the NAT rules that send 169.254.169.254 to the sidecar (init container).
 pub mod cli;
+pub mod config;
+pub mod core;
 pub mod init_network;
+pub mod logging;
+pub mod metrics;
+pub mod protocol;
+pub mod serve;
+pub mod server;

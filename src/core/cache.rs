@@ -1,0 +1,526 @@
+//! The token cache, keyed by (client id, scope).
+//!
+//! - **Single flight**: concurrent requests for a key without a usable token share one upstream
+//!   call. The call runs in its own task, so a caller that gives up does not cancel it.
+//! - **Refresh ahead**: a background task renews tokens at half their lifetime (or at Entra's
+//!   `refresh_in`) for keys requested within the last token lifetime, so after the first request
+//!   no caller waits on Entra ID.
+//! - **Outages**: a cached token is served until shortly before it really expires while renewals
+//!   back off; errors are never cached, except that a throttled key waits out `Retry-After`.
+//! - **Bounded**: at most `max_entries` keys; idle keys stop being refreshed and are dropped.
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::time::{Duration, Instant};
+
+use futures_util::FutureExt as _;
+use futures_util::future::{BoxFuture, Shared};
+use rand::Rng as _;
+
+use super::TokenError;
+use super::entra::IssuedToken;
+use super::federated::now_epoch;
+use super::secret::Secret;
+use crate::metrics::Metrics;
+
+/// Longest wait between two scans of the cache by the refresher.
+const MAX_TICK: Duration = Duration::from_secs(1);
+/// A key whose fetches keep failing and that nobody asks for is dropped after this long.
+const IDLE_WITHOUT_TOKEN: Duration = Duration::from_secs(60);
+/// Backoff of background renewals while Entra ID fails.
+const RENEW_BACKOFF_BASE: Duration = Duration::from_secs(1);
+const RENEW_BACKOFF_CAP: Duration = Duration::from_secs(30);
+
+/// A token as the cache holds it; the protocol adapters render it.
+#[derive(Debug)]
+pub struct CachedToken {
+    pub access_token: Secret,
+    /// Expiry, seconds since the epoch.
+    pub expires_on: u64,
+    pub ext_expires_on: u64,
+    /// When we received it, seconds since the epoch.
+    pub not_before: u64,
+    lifetime: Duration,
+    refresh_at: Instant,
+    usable_until: Instant,
+}
+
+impl CachedToken {
+    /// Builds the cached form of a fresh token, received now.
+    pub fn new(t: IssuedToken) -> Self {
+        let now = Instant::now();
+        let epoch = now_epoch();
+        let lifetime = Duration::from_secs(t.expires_in);
+        let half = lifetime / 2;
+        let refresh_after = t
+            .refresh_in
+            .map(Duration::from_secs)
+            .map_or(half, |r| r.min(half));
+        // Stop serving a little before the real expiry: the caller still has to use it.
+        let margin = (lifetime / 10).min(Duration::from_secs(60));
+        CachedToken {
+            access_token: t.access_token,
+            expires_on: epoch + t.expires_in,
+            ext_expires_on: epoch + t.ext_expires_in.unwrap_or(t.expires_in).max(t.expires_in),
+            not_before: epoch,
+            lifetime,
+            refresh_at: now + refresh_after,
+            usable_until: now + lifetime - margin,
+        }
+    }
+
+    /// Seconds left until `expires_on`, as of now.
+    pub fn expires_in(&self) -> u64 {
+        self.expires_on.saturating_sub(now_epoch())
+    }
+
+    pub fn ext_expires_in(&self) -> u64 {
+        self.ext_expires_on.saturating_sub(now_epoch())
+    }
+}
+
+/// Where tokens come from: the Entra ID exchange in production, a stub in tests.
+pub trait Fetch: Send + Sync + 'static {
+    fn fetch(
+        &self,
+        client_id: Arc<str>,
+        scope: Arc<str>,
+    ) -> BoxFuture<'static, Result<IssuedToken, TokenError>>;
+}
+
+/// Whether a lookup was answered from the cache.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lookup {
+    Hit,
+    Miss,
+}
+
+type Flight = Shared<BoxFuture<'static, Result<Arc<CachedToken>, TokenError>>>;
+
+struct Entry {
+    client_id: Arc<str>,
+    scope: Arc<str>,
+    state: Mutex<State>,
+}
+
+struct State {
+    token: Option<Arc<CachedToken>>,
+    flight: Option<Flight>,
+    last_used: Instant,
+    failures: u32,
+    /// Earliest time for the next background renewal after a failure.
+    retry_at: Option<Instant>,
+    /// Entra throttled this key: answer with the same error until then.
+    blocked: Option<(Instant, TokenError)>,
+}
+
+/// client id -> scope -> entry; nested so lookups borrow `&str` without allocating.
+type Map = HashMap<Arc<str>, HashMap<Arc<str>, Arc<Entry>>>;
+
+struct Inner {
+    map: RwLock<Map>,
+    len: AtomicUsize,
+    max_entries: usize,
+    fetcher: Arc<dyn Fetch>,
+    metrics: Arc<Metrics>,
+    wake: tokio::sync::Notify,
+}
+
+/// The cache; dropping it stops its refresher.
+pub struct TokenCache {
+    inner: Arc<Inner>,
+    refresher: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for TokenCache {
+    fn drop(&mut self) {
+        self.refresher.abort();
+    }
+}
+
+fn lock(m: &Mutex<State>) -> MutexGuard<'_, State> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl TokenCache {
+    /// Creates the cache and starts its refresher on the current Tokio runtime.
+    pub fn new(fetcher: Arc<dyn Fetch>, max_entries: usize, metrics: Arc<Metrics>) -> Self {
+        let inner = Arc::new(Inner {
+            map: RwLock::new(HashMap::new()),
+            len: AtomicUsize::new(0),
+            max_entries: max_entries.max(1),
+            fetcher,
+            metrics,
+            wake: tokio::sync::Notify::new(),
+        });
+        let refresher = tokio::spawn(refresher(Arc::clone(&inner)));
+        TokenCache { inner, refresher }
+    }
+
+    /// Number of keys held.
+    pub fn len(&self) -> usize {
+        self.inner.len.load(Ordering::Relaxed)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// A usable token for the key: from the cache, or from one shared upstream call.
+    pub async fn get(
+        &self,
+        client_id: &str,
+        scope: &str,
+    ) -> Result<(Arc<CachedToken>, Lookup), TokenError> {
+        let entry = self.inner.entry(client_id, scope);
+        let now = Instant::now();
+        let flight = {
+            let mut st = lock(&entry.state);
+            st.last_used = now;
+            if let Some(t) = &st.token
+                && now < t.usable_until
+            {
+                self.inner.metrics.cache(true);
+                return Ok((Arc::clone(t), Lookup::Hit));
+            }
+            if let Some((until, e)) = &st.blocked {
+                if now < *until {
+                    self.inner.metrics.cache(false);
+                    return Err(e.with_retry_after(*until - now));
+                }
+                st.blocked = None;
+            }
+            match &st.flight {
+                Some(f) => f.clone(),
+                None => {
+                    let f = self.inner.start_flight(&entry, false);
+                    st.flight = Some(f.clone());
+                    f
+                }
+            }
+        };
+        self.inner.metrics.cache(false);
+        flight.await.map(|t| (t, Lookup::Miss))
+    }
+}
+
+impl Inner {
+    fn entry(&self, client_id: &str, scope: &str) -> Arc<Entry> {
+        if let Some(e) = self.read_map().get(client_id).and_then(|m| m.get(scope)) {
+            return Arc::clone(e);
+        }
+        let mut map = self.map.write().unwrap_or_else(|p| p.into_inner());
+        if let Some(e) = map.get(client_id).and_then(|m| m.get(scope)) {
+            return Arc::clone(e);
+        }
+        if self.len.load(Ordering::Relaxed) >= self.max_entries {
+            evict_lru(&mut map, &self.len);
+        }
+        let entry = Arc::new(Entry {
+            client_id: Arc::from(client_id),
+            scope: Arc::from(scope),
+            state: Mutex::new(State {
+                token: None,
+                flight: None,
+                last_used: Instant::now(),
+                failures: 0,
+                retry_at: None,
+                blocked: None,
+            }),
+        });
+        map.entry(Arc::clone(&entry.client_id))
+            .or_default()
+            .insert(Arc::clone(&entry.scope), Arc::clone(&entry));
+        let n = self.len.fetch_add(1, Ordering::Relaxed) + 1;
+        self.metrics.set_cached_tokens(n);
+        entry
+    }
+
+    fn read_map(&self) -> std::sync::RwLockReadGuard<'_, Map> {
+        self.map.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Starts the upstream call for `entry`; the caller holds its state lock and stores the flight.
+    fn start_flight(self: &Arc<Self>, entry: &Arc<Entry>, background: bool) -> Flight {
+        let inner = Arc::clone(self);
+        let entry = Arc::clone(entry);
+        let task = tokio::spawn(async move {
+            let result = inner
+                .fetcher
+                .fetch(Arc::clone(&entry.client_id), Arc::clone(&entry.scope))
+                .await;
+            let now = Instant::now();
+            let mut st = lock(&entry.state);
+            st.flight = None;
+            match result {
+                Ok(issued) => {
+                    let token = Arc::new(CachedToken::new(issued));
+                    st.token = Some(Arc::clone(&token));
+                    st.failures = 0;
+                    st.retry_at = None;
+                    st.blocked = None;
+                    drop(st);
+                    if background {
+                        inner.metrics.refresh("success");
+                    }
+                    inner.wake.notify_one();
+                    Ok(token)
+                }
+                Err(e) => {
+                    st.failures += 1;
+                    let hinted = e.retry_after();
+                    if let (
+                        TokenError::Entra(super::entra::EntraError::Throttled { .. }),
+                        Some(wait),
+                    ) = (&e, hinted)
+                    {
+                        st.blocked = Some((now + wait, e.clone()));
+                    }
+                    let backoff = renew_backoff(st.failures).max(hinted.unwrap_or(Duration::ZERO));
+                    st.retry_at = Some(now + backoff);
+                    if background {
+                        let left = st
+                            .token
+                            .as_ref()
+                            .map(|t| t.usable_until.saturating_duration_since(now));
+                        drop(st);
+                        inner.metrics.refresh("failure");
+                        tracing::warn!(
+                            client_id = %entry.client_id,
+                            scope = %entry.scope,
+                            serving_cached_for_s = left.map(|d| d.as_secs()),
+                            next_try_ms = backoff.as_millis() as u64,
+                            "background token refresh failed: {e}"
+                        );
+                    }
+                    Err(e)
+                }
+            }
+        });
+        async move {
+            match task.await {
+                Ok(r) => r,
+                Err(e) => Err(TokenError::Internal(format!(
+                    "token fetch task failed: {e}"
+                ))),
+            }
+        }
+        .boxed()
+        .shared()
+    }
+
+    /// One pass of the refresher: renews what is due, drops what is idle, and returns when to
+    /// look again.
+    fn tick(self: &Arc<Self>, now: Instant) -> Instant {
+        let mut next = now + MAX_TICK;
+        let mut idle: Vec<(Arc<str>, Arc<str>, Instant)> = Vec::new();
+        {
+            let map = self.read_map();
+            for entry in map.values().flat_map(|m| m.values()) {
+                let mut st = lock(&entry.state);
+                if st.flight.is_some() {
+                    continue;
+                }
+                let Some(t) = st.token.clone() else {
+                    if now.saturating_duration_since(st.last_used) > IDLE_WITHOUT_TOKEN {
+                        idle.push((
+                            Arc::clone(&entry.client_id),
+                            Arc::clone(&entry.scope),
+                            st.last_used,
+                        ));
+                    }
+                    continue;
+                };
+                // In use: asked for within the last token lifetime. SDKs cache tokens themselves and
+                // come back near expiry, so a shorter window would let their next request wait.
+                let in_use = now.saturating_duration_since(st.last_used) < t.lifetime;
+                if !in_use {
+                    if now >= t.usable_until {
+                        idle.push((
+                            Arc::clone(&entry.client_id),
+                            Arc::clone(&entry.scope),
+                            st.last_used,
+                        ));
+                    } else {
+                        next = next.min(t.usable_until);
+                    }
+                    continue;
+                }
+                let due = st.retry_at.map_or(t.refresh_at, |r| r.max(t.refresh_at));
+                if now >= due {
+                    st.flight = Some(self.start_flight(entry, true));
+                } else {
+                    next = next.min(due);
+                }
+            }
+        }
+        if !idle.is_empty() {
+            let mut map = self.map.write().unwrap_or_else(|p| p.into_inner());
+            for (c, s, seen) in idle {
+                if let Some(m) = map.get_mut(&c) {
+                    // Re-check under the write lock: a request may have arrived meanwhile.
+                    let still_idle = m.get(&s).is_some_and(|e| {
+                        let st = lock(&e.state);
+                        st.flight.is_none() && st.last_used == seen
+                    });
+                    if still_idle && m.remove(&s).is_some() {
+                        self.len.fetch_sub(1, Ordering::Relaxed);
+                        tracing::debug!(client_id = %c, scope = %s, "dropped idle token");
+                    }
+                    if m.is_empty() {
+                        map.remove(&c);
+                    }
+                }
+            }
+            self.metrics
+                .set_cached_tokens(self.len.load(Ordering::Relaxed));
+        }
+        next.max(now + Duration::from_millis(5))
+    }
+}
+
+/// Removes the least recently used key that is not being fetched.
+fn evict_lru(map: &mut Map, len: &AtomicUsize) {
+    let victim = map
+        .values()
+        .flat_map(|m| m.values())
+        .filter_map(|e| {
+            let st = lock(&e.state);
+            st.flight.is_none().then_some((
+                st.last_used,
+                Arc::clone(&e.client_id),
+                Arc::clone(&e.scope),
+            ))
+        })
+        .min_by_key(|(t, _, _)| *t);
+    if let Some((_, c, s)) = victim
+        && let Some(m) = map.get_mut(&c)
+    {
+        if m.remove(&s).is_some() {
+            len.fetch_sub(1, Ordering::Relaxed);
+        }
+        if m.is_empty() {
+            map.remove(&c);
+        }
+    }
+}
+
+fn renew_backoff(failures: u32) -> Duration {
+    let exp = RENEW_BACKOFF_BASE
+        .saturating_mul(1u32 << failures.saturating_sub(1).min(16))
+        .min(RENEW_BACKOFF_CAP);
+    exp.mul_f64(rand::rng().random_range(0.5..=1.0))
+}
+
+async fn refresher(inner: Arc<Inner>) {
+    loop {
+        let notified = inner.wake.notified();
+        let next = inner.tick(Instant::now());
+        tokio::select! {
+            _ = tokio::time::sleep_until(next.into()) => {}
+            _ = notified => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicU32;
+
+    struct Stub {
+        calls: AtomicU32,
+        lifetime: u64,
+        delay: Duration,
+        fail: std::sync::atomic::AtomicBool,
+    }
+
+    impl Fetch for Stub {
+        fn fetch(
+            &self,
+            _c: Arc<str>,
+            _s: Arc<str>,
+        ) -> BoxFuture<'static, Result<IssuedToken, TokenError>> {
+            let n = self.calls.fetch_add(1, Ordering::SeqCst) + 1;
+            let (lifetime, delay, fail) =
+                (self.lifetime, self.delay, self.fail.load(Ordering::SeqCst));
+            async move {
+                tokio::time::sleep(delay).await;
+                if fail {
+                    return Err(TokenError::Internal("down".into()));
+                }
+                Ok(IssuedToken {
+                    access_token: Secret::new(format!("token-{n}")),
+                    expires_in: lifetime,
+                    ext_expires_in: None,
+                    refresh_in: None,
+                })
+            }
+            .boxed()
+        }
+    }
+
+    fn stub(lifetime: u64, delay_ms: u64) -> Arc<Stub> {
+        Arc::new(Stub {
+            calls: AtomicU32::new(0),
+            lifetime,
+            delay: Duration::from_millis(delay_ms),
+            fail: false.into(),
+        })
+    }
+
+    #[tokio::test]
+    async fn concurrent_misses_share_one_fetch() {
+        let s = stub(3600, 50);
+        let cache = Arc::new(TokenCache::new(s.clone(), 16, Arc::new(Metrics::new())));
+        let mut tasks = Vec::new();
+        for _ in 0..100 {
+            let c = Arc::clone(&cache);
+            tasks.push(tokio::spawn(async move {
+                c.get("a", "s")
+                    .await
+                    .map(|(t, _)| t.access_token.expose().to_string())
+            }));
+        }
+        for t in tasks {
+            assert_eq!(t.await.expect("join").expect("token"), "token-1");
+        }
+        assert_eq!(s.calls.load(Ordering::SeqCst), 1);
+        assert_eq!(cache.get("a", "s").await.expect("hit").1, Lookup::Hit);
+    }
+
+    #[tokio::test]
+    async fn errors_are_not_cached() {
+        let s = stub(3600, 0);
+        s.fail.store(true, Ordering::SeqCst);
+        let cache = TokenCache::new(s.clone(), 16, Arc::new(Metrics::new()));
+        assert!(cache.get("a", "s").await.is_err());
+        s.fail.store(false, Ordering::SeqCst);
+        assert!(cache.get("a", "s").await.is_ok());
+        assert_eq!(s.calls.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn bounded_size_evicts_least_recently_used() {
+        let s = stub(3600, 0);
+        let cache = TokenCache::new(s.clone(), 2, Arc::new(Metrics::new()));
+        for scope in ["1", "2", "3"] {
+            cache.get("a", scope).await.expect("token");
+        }
+        assert_eq!(cache.len(), 2);
+    }
+
+    #[tokio::test]
+    async fn refreshes_ahead_without_callers_waiting() {
+        let s = stub(2, 0);
+        let cache = TokenCache::new(s.clone(), 16, Arc::new(Metrics::new()));
+        let (first, _) = cache.get("a", "s").await.expect("token");
+        tokio::time::sleep(Duration::from_millis(1300)).await;
+        let (second, how) = cache.get("a", "s").await.expect("token");
+        assert_eq!(how, Lookup::Hit);
+        assert_ne!(
+            first.access_token, second.access_token,
+            "refreshed in the background at half-life"
+        );
+    }
+}

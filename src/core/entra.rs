@@ -1,0 +1,567 @@
+//! The Entra ID client: exchanges the federated token for an access token with the
+//! client-credentials grant and a jwt-bearer `client_assertion` (protocols.md §9.1).
+//!
+//! Transient failures (connection errors, timeouts, 429, 5xx) are retried with exponential
+//! backoff and jitter, honouring `Retry-After`, bounded both in attempts and in total time; other
+//! 4xx answers are final and carry Entra's `error`, `error_description` (with its AADSTS code) and
+//! `error_codes` back to the caller.
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rand::Rng as _;
+use reqwest::Url;
+use serde::Deserialize;
+
+use super::secret::Secret;
+use crate::metrics::Metrics;
+
+const CLIENT_ASSERTION_TYPE: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
+const MAX_ATTEMPTS: u32 = 4;
+const BACKOFF_BASE: Duration = Duration::from_millis(400);
+const BACKOFF_CAP: Duration = Duration::from_secs(8);
+/// Used when a 429 or 503 says to wait but not how long.
+const DEFAULT_RETRY_AFTER: Duration = Duration::from_secs(5);
+const MAX_ERROR_TEXT: usize = 2048;
+
+/// What Entra ID issued.
+#[derive(Debug, Clone)]
+pub struct IssuedToken {
+    pub access_token: Secret,
+    /// Lifetime in seconds as Entra sent it.
+    pub expires_in: u64,
+    pub ext_expires_in: Option<u64>,
+    pub refresh_in: Option<u64>,
+}
+
+/// Why no token was issued.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum EntraError {
+    /// A final answer (4xx other than 429): the request or the trust is wrong.
+    #[error("Entra ID refused the token request ({status}): {error}: {description}")]
+    Rejected {
+        status: u16,
+        error: String,
+        description: String,
+        codes: Vec<i64>,
+    },
+    /// Entra asked us to slow down.
+    #[error("Entra ID is throttling token requests; retry after {}s", retry_after.as_secs())]
+    Throttled {
+        retry_after: Duration,
+        description: String,
+    },
+    /// Entra could not be reached or failed (5xx, timeout, connection error), after retries.
+    #[error("Entra ID is unavailable: {detail}")]
+    Unavailable {
+        detail: String,
+        retry_after: Option<Duration>,
+    },
+}
+
+/// Connection to one authority and tenant.
+pub struct EntraClient {
+    http: reqwest::Client,
+    token_url: Url,
+    attempt_timeout: Duration,
+    budget: Duration,
+    metrics: Arc<Metrics>,
+}
+
+impl EntraClient {
+    pub fn new(
+        authority: &Url,
+        tenant: &str,
+        attempt_timeout: Duration,
+        budget: Duration,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, String> {
+        let token_url = authority
+            .join(&format!("{tenant}/oauth2/v2.0/token"))
+            .map_err(|e| format!("cannot build the token URL from {authority}: {e}"))?;
+        let tls = tls_config()?;
+        let http = reqwest::Client::builder()
+            .use_preconfigured_tls(tls)
+            .connect_timeout(attempt_timeout.min(Duration::from_secs(5)))
+            .timeout(attempt_timeout)
+            .pool_idle_timeout(Duration::from_secs(90))
+            .user_agent(concat!("identity-sidecar/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| format!("cannot create the HTTP client: {e}"))?;
+        Ok(EntraClient {
+            http,
+            token_url,
+            attempt_timeout,
+            budget,
+            metrics,
+        })
+    }
+
+    pub fn token_url(&self) -> &Url {
+        &self.token_url
+    }
+
+    /// Exchanges `assertion` for a token for `scope`, retrying transient failures within the
+    /// budget. Never logs the assertion or the token.
+    pub async fn exchange(
+        &self,
+        client_id: &str,
+        scope: &str,
+        assertion: &Secret,
+    ) -> Result<IssuedToken, EntraError> {
+        let deadline = Instant::now() + self.budget;
+        let mut attempt = 0u32;
+        loop {
+            attempt += 1;
+            let started = Instant::now();
+            let result = self.attempt(client_id, scope, assertion).await;
+            self.metrics
+                .entra_latency
+                .observe(started.elapsed().as_secs_f64());
+            let (err, wait) = match result {
+                Ok(t) => {
+                    self.metrics.entra_call("success");
+                    return Ok(t);
+                }
+                Err(Attempt::Final(e)) => {
+                    self.metrics.entra_call("rejected");
+                    return Err(e);
+                }
+                Err(Attempt::Retry {
+                    err,
+                    retry_after,
+                    outcome,
+                }) => {
+                    self.metrics.entra_call(outcome);
+                    let wait = retry_after.unwrap_or_else(|| backoff(attempt));
+                    (err, wait)
+                }
+            };
+            let now = Instant::now();
+            let out_of_budget =
+                now + wait + self.attempt_timeout.min(Duration::from_secs(1)) > deadline;
+            if attempt >= MAX_ATTEMPTS || out_of_budget {
+                tracing::warn!(
+                    client_id,
+                    scope,
+                    attempt,
+                    "giving up on Entra ID for now: {err}"
+                );
+                return Err(err);
+            }
+            tracing::info!(
+                client_id,
+                scope,
+                attempt,
+                wait_ms = wait.as_millis() as u64,
+                "retrying Entra ID: {err}"
+            );
+            tokio::time::sleep(wait).await;
+        }
+    }
+
+    async fn attempt(
+        &self,
+        client_id: &str,
+        scope: &str,
+        assertion: &Secret,
+    ) -> Result<IssuedToken, Attempt> {
+        // Exactly the fields the SDKs send (protocols.md §9.1), in their order.
+        let form = [
+            ("client_assertion", assertion.expose()),
+            ("client_assertion_type", CLIENT_ASSERTION_TYPE),
+            ("client_id", client_id),
+            ("grant_type", "client_credentials"),
+            ("scope", scope),
+        ];
+        let resp = match self
+            .http
+            .post(self.token_url.clone())
+            .form(&form)
+            .send()
+            .await
+        {
+            Ok(r) => r,
+            Err(e) => {
+                let (outcome, what) = if e.is_timeout() {
+                    (
+                        "timeout",
+                        format!(
+                            "no answer from {} within {:?}",
+                            host(&self.token_url),
+                            self.attempt_timeout
+                        ),
+                    )
+                } else {
+                    (
+                        "connect_error",
+                        format!(
+                            "cannot reach {}: {}",
+                            host(&self.token_url),
+                            error_chain(&e)
+                        ),
+                    )
+                };
+                return Err(Attempt::Retry {
+                    err: EntraError::Unavailable {
+                        detail: what,
+                        retry_after: None,
+                    },
+                    retry_after: None,
+                    outcome,
+                });
+            }
+        };
+        let status = resp.status();
+        let retry_after = resp
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .map(|v| parse_retry_after(v).unwrap_or(DEFAULT_RETRY_AFTER));
+        let body = match tokio::time::timeout(self.attempt_timeout, resp.bytes()).await {
+            Ok(Ok(b)) => b,
+            Ok(Err(e)) => {
+                return Err(Attempt::Retry {
+                    err: EntraError::Unavailable {
+                        detail: format!("reading the answer failed: {}", error_chain(&e)),
+                        retry_after: None,
+                    },
+                    retry_after: None,
+                    outcome: if e.is_timeout() {
+                        "timeout"
+                    } else {
+                        "connect_error"
+                    },
+                });
+            }
+            Err(_) => {
+                return Err(Attempt::Retry {
+                    err: EntraError::Unavailable {
+                        detail: "the answer did not finish in time".into(),
+                        retry_after: None,
+                    },
+                    retry_after: None,
+                    outcome: "timeout",
+                });
+            }
+        };
+        if status.is_success() {
+            return parse_success(&body).map_err(|detail| Attempt::Retry {
+                err: EntraError::Unavailable {
+                    detail,
+                    retry_after: None,
+                },
+                retry_after: None,
+                outcome: "bad_response",
+            });
+        }
+        let parsed = parse_error(&body);
+        if status.as_u16() == 429 {
+            let wait = retry_after.unwrap_or(DEFAULT_RETRY_AFTER);
+            return Err(Attempt::Retry {
+                err: EntraError::Throttled {
+                    retry_after: wait,
+                    description: parsed.description,
+                },
+                retry_after: Some(wait),
+                outcome: "throttled",
+            });
+        }
+        if status.is_server_error() || status.as_u16() == 408 {
+            return Err(Attempt::Retry {
+                err: EntraError::Unavailable {
+                    detail: format!("HTTP {}: {}", status.as_u16(), parsed.summary()),
+                    retry_after,
+                },
+                retry_after,
+                outcome: "server_error",
+            });
+        }
+        Err(Attempt::Final(EntraError::Rejected {
+            status: status.as_u16(),
+            error: parsed.error,
+            description: parsed.description,
+            codes: parsed.codes,
+        }))
+    }
+}
+
+enum Attempt {
+    Final(EntraError),
+    Retry {
+        err: EntraError,
+        retry_after: Option<Duration>,
+        outcome: &'static str,
+    },
+}
+
+/// Exponential backoff with jitter: 50-100 % of `base * 2^(attempt-1)`, capped.
+fn backoff(attempt: u32) -> Duration {
+    let exp = BACKOFF_BASE
+        .saturating_mul(1u32 << attempt.saturating_sub(1).min(16))
+        .min(BACKOFF_CAP);
+    let factor = rand::rng().random_range(0.5..=1.0);
+    exp.mul_f64(factor)
+}
+
+/// `Retry-After` as delta-seconds, or an HTTP date.
+pub fn parse_retry_after(v: &str) -> Option<Duration> {
+    let v = v.trim();
+    if let Ok(secs) = v.parse::<u64>() {
+        return Some(Duration::from_secs(secs.min(3600)));
+    }
+    let when = httpdate::parse_http_date(v).ok()?;
+    Some(
+        when.duration_since(std::time::SystemTime::now())
+            .unwrap_or(Duration::ZERO)
+            .min(Duration::from_secs(3600)),
+    )
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Num {
+    N(u64),
+    F(f64),
+    S(String),
+}
+
+impl Num {
+    fn get(&self) -> Option<u64> {
+        match self {
+            Num::N(n) => Some(*n),
+            Num::F(f) if *f >= 0.0 && f.is_finite() => Some(*f as u64),
+            Num::F(_) => None,
+            Num::S(s) => s.trim().parse().ok(),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct Success {
+    access_token: Option<String>,
+    token_type: Option<String>,
+    expires_in: Option<Num>,
+    ext_expires_in: Option<Num>,
+    refresh_in: Option<Num>,
+}
+
+fn parse_success(body: &[u8]) -> Result<IssuedToken, String> {
+    let s: Success = serde_json::from_slice(body)
+        .map_err(|_| "Entra ID answered 200 without a JSON token".to_string())?;
+    let access_token = s
+        .access_token
+        .filter(|t| !t.is_empty())
+        .ok_or("Entra ID answered 200 without access_token")?;
+    if let Some(tt) = &s.token_type
+        && !tt.eq_ignore_ascii_case("bearer")
+    {
+        return Err(format!(
+            "Entra ID issued a token of type {tt:?}, not Bearer"
+        ));
+    }
+    let expires_in = s
+        .expires_in
+        .as_ref()
+        .and_then(Num::get)
+        .filter(|n| *n > 0)
+        .ok_or("Entra ID answered 200 without a usable expires_in")?;
+    Ok(IssuedToken {
+        access_token: Secret::new(access_token),
+        expires_in,
+        ext_expires_in: s.ext_expires_in.as_ref().and_then(Num::get),
+        refresh_in: s.refresh_in.as_ref().and_then(Num::get).filter(|n| *n > 0),
+    })
+}
+
+struct ParsedError {
+    error: String,
+    description: String,
+    codes: Vec<i64>,
+}
+
+impl ParsedError {
+    fn summary(&self) -> String {
+        if self.description.is_empty() {
+            self.error.clone()
+        } else {
+            format!("{}: {}", self.error, self.description)
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct ErrorBody {
+    error: Option<String>,
+    error_description: Option<String>,
+    #[serde(default)]
+    error_codes: Vec<i64>,
+}
+
+fn parse_error(body: &[u8]) -> ParsedError {
+    match serde_json::from_slice::<ErrorBody>(body) {
+        Ok(b) => ParsedError {
+            error: b.error.unwrap_or_else(|| "unknown_error".into()),
+            description: truncate(b.error_description.unwrap_or_default()),
+            codes: b.error_codes,
+        },
+        Err(_) => ParsedError {
+            error: "unknown_error".into(),
+            description: truncate(format!(
+                "non-JSON answer: {}",
+                String::from_utf8_lossy(&body[..body.len().min(200)]).replace(['\r', '\n'], " ")
+            )),
+            codes: Vec::new(),
+        },
+    }
+}
+
+fn truncate(mut s: String) -> String {
+    if s.len() > MAX_ERROR_TEXT {
+        let mut cut = MAX_ERROR_TEXT;
+        while !s.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        s.truncate(cut);
+    }
+    s
+}
+
+fn host(u: &Url) -> String {
+    match (u.host_str(), u.port()) {
+        (Some(h), Some(p)) => format!("{h}:{p}"),
+        (Some(h), None) => h.to_string(),
+        _ => u.to_string(),
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let t = c.to_string();
+        if !s.contains(&t) {
+            s.push_str(": ");
+            s.push_str(&t);
+        }
+        cur = c.source();
+    }
+    s
+}
+
+/// TLS trust: the system's roots plus the PEM bundle in `SSL_CERT_FILE` when it is set.
+pub fn tls_config() -> Result<rustls::ClientConfig, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    for bundle in SYSTEM_BUNDLES {
+        if Path::new(bundle).is_file() {
+            add_pem_file(&mut roots, Path::new(bundle))?;
+            break;
+        }
+    }
+    if let Some(extra) = std::env::var_os("SSL_CERT_FILE").filter(|v| !v.is_empty()) {
+        let n = add_pem_file(&mut roots, Path::new(&extra))?;
+        if n == 0 {
+            return Err(format!(
+                "SSL_CERT_FILE {} holds no certificates",
+                Path::new(&extra).display()
+            ));
+        }
+    }
+    if roots.is_empty() {
+        tracing::warn!(
+            "no trusted CA certificates found (no system bundle, no SSL_CERT_FILE): https calls will fail"
+        );
+    }
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let cfg = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("TLS setup failed: {e}"))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(cfg)
+}
+
+const SYSTEM_BUNDLES: &[&str] = &[
+    "/etc/ssl/certs/ca-certificates.crt",
+    "/etc/pki/tls/certs/ca-bundle.crt",
+    "/etc/ssl/ca-bundle.pem",
+    "/etc/pki/ca-trust/extracted/pem/tls-ca-bundle.pem",
+    "/etc/ssl/cert.pem",
+];
+
+fn add_pem_file(roots: &mut rustls::RootCertStore, path: &Path) -> Result<usize, String> {
+    use rustls_pki_types::pem::PemObject as _;
+    let certs = rustls_pki_types::CertificateDer::pem_file_iter(path)
+        .map_err(|e| format!("cannot read CA bundle {}: {e}", path.display()))?;
+    let mut n = 0;
+    for c in certs {
+        let c = c.map_err(|e| format!("CA bundle {} is not valid PEM: {e}", path.display()))?;
+        if roots.add(c).is_ok() {
+            n += 1;
+        }
+    }
+    Ok(n)
+}
+
+/// `scope` for a v1 `resource`: append `/.default` unless present, never trimming a slash
+/// (`https://management.core.windows.net/` becomes `...net//.default`, protocols.md §9.3).
+pub fn scope_for(resource: &str) -> String {
+    if resource.ends_with("/.default") {
+        resource.to_string()
+    } else {
+        format!("{resource}/.default")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scope_never_trims() {
+        assert_eq!(
+            scope_for("https://management.azure.com"),
+            "https://management.azure.com/.default"
+        );
+        assert_eq!(
+            scope_for("https://management.core.windows.net/"),
+            "https://management.core.windows.net//.default"
+        );
+        assert_eq!(scope_for("api://x/.default"), "api://x/.default");
+    }
+
+    #[test]
+    fn parses_success_with_numbers_or_strings() {
+        let t = parse_success(br#"{"token_type":"Bearer","expires_in":"3599","ext_expires_in":3599,"refresh_in":1800,"access_token":"a"}"#)
+            .expect("token");
+        assert_eq!(
+            (t.expires_in, t.ext_expires_in, t.refresh_in),
+            (3599, Some(3599), Some(1800))
+        );
+        assert!(parse_success(br#"{"access_token":"a"}"#).is_err());
+        assert!(parse_success(b"<html>").is_err());
+    }
+
+    #[test]
+    fn parses_entra_errors_and_retry_after() {
+        let e = parse_error(br#"{"error":"invalid_request","error_description":"AADSTS70021: No matching federated identity record found","error_codes":[70021]}"#);
+        assert_eq!(
+            (e.error.as_str(), e.codes.as_slice()),
+            ("invalid_request", &[70021][..])
+        );
+        assert!(e.description.starts_with("AADSTS70021"));
+        assert_eq!(parse_error(b"oops").error, "unknown_error");
+        assert_eq!(parse_retry_after("7"), Some(Duration::from_secs(7)));
+        assert_eq!(
+            parse_retry_after("Thu, 01 Jan 1970 00:00:00 GMT"),
+            Some(Duration::ZERO)
+        );
+        assert_eq!(parse_retry_after("soon"), None);
+    }
+
+    #[test]
+    fn backoff_grows_and_is_capped() {
+        assert!(backoff(1) <= BACKOFF_BASE && backoff(1) >= BACKOFF_BASE / 2);
+        assert!(backoff(30) <= BACKOFF_CAP);
+    }
+}

@@ -1,0 +1,120 @@
+//! The token core: everything between "a client wants a token for (client id, resource)" and
+//! Entra ID. The protocol adapters in [`crate::protocol`] only translate requests and responses.
+//!
+//! - [`federated`]: the federated-token file, watched and kept in memory;
+//! - [`entra`]: the Entra ID client (client credentials with a jwt-bearer assertion);
+//! - [`cache`]: per-key cache with single flight and refresh ahead.
+pub mod cache;
+pub mod entra;
+pub mod federated;
+pub mod secret;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::FutureExt as _;
+use futures_util::future::BoxFuture;
+
+use crate::metrics::Metrics;
+use cache::{CachedToken, Fetch, Lookup, TokenCache};
+use entra::{EntraClient, EntraError, IssuedToken};
+use federated::{SourceError, TokenSource};
+
+/// Why a token could not be served.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum TokenError {
+    #[error(transparent)]
+    Entra(#[from] EntraError),
+    #[error(transparent)]
+    Federated(#[from] SourceError),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl TokenError {
+    /// How long the caller should wait before asking again, when known.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            TokenError::Entra(EntraError::Throttled { retry_after, .. }) => Some(*retry_after),
+            TokenError::Entra(EntraError::Unavailable { retry_after, .. }) => *retry_after,
+            _ => None,
+        }
+    }
+
+    /// The same error with the remaining wait, for answers given while a key is throttled.
+    pub fn with_retry_after(&self, wait: Duration) -> TokenError {
+        match self {
+            TokenError::Entra(EntraError::Throttled { description, .. }) => {
+                TokenError::Entra(EntraError::Throttled {
+                    retry_after: wait,
+                    description: description.clone(),
+                })
+            }
+            other => other.clone(),
+        }
+    }
+}
+
+/// Fetches tokens from Entra ID with the current federated token.
+struct Exchanger {
+    source: Arc<TokenSource>,
+    entra: Arc<EntraClient>,
+}
+
+impl Fetch for Exchanger {
+    fn fetch(
+        &self,
+        client_id: Arc<str>,
+        scope: Arc<str>,
+    ) -> BoxFuture<'static, Result<IssuedToken, TokenError>> {
+        let source = Arc::clone(&self.source);
+        let entra = Arc::clone(&self.entra);
+        async move {
+            let assertion = source.assertion()?;
+            Ok(entra.exchange(&client_id, &scope, &assertion.token).await?)
+        }
+        .boxed()
+    }
+}
+
+/// The token core as the server sees it.
+pub struct TokenService {
+    source: Arc<TokenSource>,
+    cache: TokenCache,
+}
+
+impl TokenService {
+    pub fn new(
+        source: Arc<TokenSource>,
+        entra: EntraClient,
+        max_entries: usize,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        let exchanger = Arc::new(Exchanger {
+            source: Arc::clone(&source),
+            entra: Arc::new(entra),
+        });
+        TokenService {
+            source,
+            cache: TokenCache::new(exchanger, max_entries, metrics),
+        }
+    }
+
+    /// A token for `resource` (a v1 resource; the scope is derived from it).
+    pub async fn token(
+        &self,
+        client_id: &str,
+        resource: &str,
+    ) -> Result<(Arc<CachedToken>, Lookup), TokenError> {
+        let scope = entra::scope_for(resource);
+        self.cache.get(client_id, &scope).await
+    }
+
+    pub fn source(&self) -> &Arc<TokenSource> {
+        &self.source
+    }
+
+    pub fn cache(&self) -> &TokenCache {
+        &self.cache
+    }
+}

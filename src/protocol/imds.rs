@@ -1,0 +1,161 @@
+//! Azure IMDS flavor: `GET /metadata/identity/oauth2/token`.
+//!
+//! Rules of real IMDS we keep (protocols.md §2): `Metadata: true` required (probes without it get
+//! a fast 400 with IMDS's wording, never a token and never a 403 "unreachable"); any
+//! `X-Forwarded-For` is refused; `api-version` >= 2018-02-01; every JSON value is a string
+//! (ODBC/JDBC and the Rust SDK break on numbers, azure-workload-identity#593).
+use std::borrow::Cow;
+
+use http::{HeaderMap, StatusCode};
+use serde::Serialize;
+
+use super::{HttpError, Query, TokenRequest};
+use crate::config::ServeConfig;
+use crate::core::cache::CachedToken;
+
+/// The path, after [`super::normalize_path`]; `metadata` matches in any case, as on real IMDS.
+pub const PATH: &str = "/metadata/identity/oauth2/token";
+
+/// Selectors of a user-assigned identity that IMDS clients send (protocols.md §2.2).
+const SELECTORS: &[&str] = &[
+    "client_id",
+    "object_id",
+    "msi_res_id",
+    "mi_res_id",
+    "principal_id",
+    "resource_id",
+    "msi-res-id",
+];
+
+pub fn matches(path: &str) -> bool {
+    path.len() == PATH.len() && path.eq_ignore_ascii_case(PATH)
+}
+
+/// True for other IMDS paths (`/metadata/instance`, ...), which are not ours to answer.
+pub fn is_other_metadata(path: &str) -> bool {
+    path.len() >= 9
+        && path[..9].eq_ignore_ascii_case("/metadata")
+        && (path.len() == 9 || path.as_bytes()[9] == b'/')
+}
+
+pub fn parse(
+    headers: &HeaderMap,
+    query: Option<&str>,
+    cfg: &ServeConfig,
+) -> Result<TokenRequest, HttpError> {
+    let metadata = headers.get("metadata").and_then(|v| v.to_str().ok());
+    if !metadata.is_some_and(|v| v.trim().eq_ignore_ascii_case("true")) {
+        return Err(HttpError::bad_request(
+            "Required metadata header not specified",
+        ));
+    }
+    if headers.contains_key("x-forwarded-for") {
+        return Err(HttpError::bad_request(
+            "Requests with an X-Forwarded-For header are refused: IMDS must not be reached through a proxy",
+        ));
+    }
+    let q = Query::parse(query)?;
+    let version = q.api_version()?;
+    if !version_at_least(version, "2018-02-01") {
+        return Err(HttpError::bad_request(format!(
+            "api-version '{version}' is not supported; use 2018-02-01 or later"
+        )));
+    }
+    let resource = q.resource(cfg)?;
+    let client_id = q.identity(SELECTORS, cfg)?;
+    Ok(TokenRequest {
+        client_id,
+        resource,
+    })
+}
+
+/// `YYYY-MM-DD[-suffix]` compared as dates.
+fn version_at_least(v: &str, min: &str) -> bool {
+    let date = v.get(..10).unwrap_or("");
+    let well_formed = date.len() == 10
+        && date.bytes().enumerate().all(|(i, b)| {
+            if i == 4 || i == 7 {
+                b == b'-'
+            } else {
+                b.is_ascii_digit()
+            }
+        });
+    well_formed && date >= min
+}
+
+#[derive(Serialize)]
+struct Body<'a> {
+    access_token: &'a str,
+    client_id: &'a str,
+    expires_in: String,
+    expires_on: String,
+    ext_expires_in: String,
+    not_before: String,
+    refresh_token: &'a str,
+    resource: &'a str,
+    token_type: &'a str,
+}
+
+/// The success body: real IMDS's field set, all strings, `expires_in` counted from now.
+pub fn render(t: &CachedToken, req: &TokenRequest) -> Vec<u8> {
+    let body = Body {
+        access_token: t.access_token.expose(),
+        client_id: &req.client_id,
+        expires_in: t.expires_in().to_string(),
+        expires_on: t.expires_on.to_string(),
+        ext_expires_in: t.ext_expires_in().to_string(),
+        not_before: t.not_before.to_string(),
+        refresh_token: "",
+        resource: &req.resource,
+        token_type: "Bearer",
+    };
+    serde_json::to_vec(&body).unwrap_or_default()
+}
+
+#[derive(Serialize)]
+struct ErrorBody<'a> {
+    error: &'a str,
+    error_description: &'a str,
+}
+
+pub fn render_error(e: &HttpError) -> Vec<u8> {
+    serde_json::to_vec(&ErrorBody {
+        error: &e.error,
+        error_description: &e.description,
+    })
+    .unwrap_or_default()
+}
+
+/// Answer for IMDS paths we do not serve (without `--imds-passthrough`).
+pub fn not_served(path: &str) -> HttpError {
+    HttpError {
+        status: StatusCode::NOT_FOUND,
+        error: Cow::Borrowed("not_found"),
+        description: format!(
+            "{path} is not served here: identity-sidecar answers only {PATH}. Start it with --imds-passthrough to forward other IMDS paths to the real IMDS."
+        ),
+        retry_after: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn api_versions() {
+        assert!(version_at_least("2018-02-01", "2018-02-01"));
+        assert!(version_at_least("2019-08-01", "2018-02-01"));
+        assert!(version_at_least("2021-02-01-preview", "2018-02-01"));
+        assert!(!version_at_least("2017-09-01", "2018-02-01"));
+        assert!(!version_at_least("latest", "2018-02-01"));
+    }
+
+    #[test]
+    fn metadata_paths() {
+        assert!(matches("/METADATA/identity/oauth2/token"));
+        assert!(is_other_metadata("/metadata/instance"));
+        assert!(is_other_metadata("/Metadata"));
+        assert!(!is_other_metadata("/metadatax"));
+    }
+}
