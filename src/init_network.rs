@@ -136,7 +136,8 @@ impl Runner for ProcessRunner {
     fn run(&mut self, program: &Path, args: &[String]) -> Result<Output, InitNetworkError> {
         let out = std::process::Command::new(program)
             .args(args)
-            .stdin(std::process::Stdio::null())
+            // A pipe closed at once rather than /dev/null: works where /dev is not mounted.
+            .stdin(std::process::Stdio::piped())
             .output()
             .map_err(|source| InitNetworkError::Spawn {
                 program: program.display().to_string(),

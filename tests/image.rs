@@ -1,0 +1,83 @@
+//! The container images, built and run for real without a Docker engine: runs
+//! `tests/image/run.sh`, which builds both Dockerfile targets with buildah (the builder stage
+//! stood in for by `scripts/build-static`'s output, the init base by the host's iptables), then
+//! runs the runtime image's entrypoint as its user on a read-only root (`/healthz`, `/readyz`, a
+//! token) and the init image's `init-network`. Needs root, buildah, musl-tools and the musl
+//! target (scripts/install-system-deps); prints a loud SKIP without them, or fails when
+//! `IDENTITY_SIDECAR_REQUIRE_IMAGE=1` (CI).
+use std::process::{Command, Stdio};
+
+const REPO: &str = env!("CARGO_MANIFEST_DIR");
+
+fn have(program: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", &format!("command -v {program}")])
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+fn musl_target_installed() -> bool {
+    Command::new("rustc")
+        .args([
+            "--print",
+            "target-libdir",
+            "--target",
+            "x86_64-unknown-linux-musl",
+        ])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .is_some_and(|dir| {
+            std::path::Path::new(&dir).join("libstd.rlib").exists() || {
+                std::fs::read_dir(&dir).is_ok_and(|mut d| {
+                    d.any(|e| {
+                        e.is_ok_and(|e| e.file_name().to_string_lossy().starts_with("libstd-"))
+                    })
+                })
+            }
+        })
+}
+
+fn unavailable() -> Option<String> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return Some("the image test needs root (buildah, chroot, network namespaces)".into());
+    }
+    for p in [
+        "buildah",
+        "musl-gcc",
+        "ip",
+        "iptables-nft",
+        "chroot",
+        "unshare",
+        "python3",
+    ] {
+        if !have(p) {
+            return Some(format!("`{p}` not found (run scripts/install-system-deps)"));
+        }
+    }
+    if !musl_target_installed() {
+        return Some("Rust target x86_64-unknown-linux-musl not installed".into());
+    }
+    None
+}
+
+#[test]
+fn images_build_with_buildah_and_run_read_only_as_their_user() {
+    if let Some(why) = unavailable() {
+        if std::env::var("IDENTITY_SIDECAR_REQUIRE_IMAGE").as_deref() == Ok("1") {
+            panic!("{why} (and IDENTITY_SIDECAR_REQUIRE_IMAGE=1 requires this test)");
+        }
+        eprintln!("\n********************************************************************");
+        eprintln!("SKIP: image test: {why}");
+        eprintln!("********************************************************************\n");
+        return;
+    }
+    let status = Command::new(format!("{REPO}/tests/image/run.sh"))
+        .stdin(Stdio::null())
+        .status()
+        .expect("run tests/image/run.sh");
+    assert!(status.success(), "tests/image/run.sh failed: {status}");
+}
