@@ -25,6 +25,8 @@ pub enum Command {
     Serve(crate::config::ServeArgs),
     /// Send TCP to 169.254.169.254:80 to the sidecar (run by an init container with NET_ADMIN).
     InitNetwork(crate::init_network::InitNetworkArgs),
+    /// Exit 0 when the sidecar's /readyz (or another path) answers 200: for exec probes.
+    Probe(crate::probe::ProbeArgs),
 }
 
 pub fn main() -> ExitCode {
@@ -32,5 +34,6 @@ pub fn main() -> ExitCode {
     match cli.command {
         Command::Serve(args) => crate::serve::run(args),
         Command::InitNetwork(args) => crate::init_network::run(args),
+        Command::Probe(args) => crate::probe::run(args),
     }
 }

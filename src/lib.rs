@@ -5,13 +5,15 @@
 //! - [`protocol`]: thin adapters for the IMDS and App Service protocols;
 //! - [`server`]: listeners, routing, health, metrics, shutdown;
 //! - [`config`], [`logging`], [`metrics`], [`cli`]: the edges;
-//! - [`init_network`]: the NAT rules that send 169.254.169.254 to the sidecar (init container).
+//! - [`init_network`]: the NAT rules that send 169.254.169.254 to the sidecar (init container);
+//! - [`probe`]: exec probes and the legacy sidecar's start-up wait, over loopback.
 pub mod cli;
 pub mod config;
 pub mod core;
 pub mod init_network;
 pub mod logging;
 pub mod metrics;
+pub mod probe;
 pub mod protocol;
 pub mod serve;
 pub mod server;
