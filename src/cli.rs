@@ -27,6 +27,10 @@ pub enum Command {
     InitNetwork(crate::init_network::InitNetworkArgs),
     /// Exit 0 when the sidecar's /readyz (or another path) answers 200: for exec probes.
     Probe(crate::probe::ProbeArgs),
+    /// Fetch a token from a running sidecar (a curl for pods that have none).
+    Token(crate::token_cmd::TokenArgs),
+    /// Check a federation setup step by step and explain what to fix.
+    Doctor(crate::doctor::DoctorArgs),
 }
 
 pub fn main() -> ExitCode {
@@ -35,5 +39,7 @@ pub fn main() -> ExitCode {
         Command::Serve(args) => crate::serve::run(args),
         Command::InitNetwork(args) => crate::init_network::run(args),
         Command::Probe(args) => crate::probe::run(args),
+        Command::Token(args) => crate::token_cmd::run(args),
+        Command::Doctor(args) => crate::doctor::run(args),
     }
 }

@@ -10,6 +10,7 @@
 pub mod cli;
 pub mod config;
 pub mod core;
+pub mod doctor;
 pub mod init_network;
 pub mod logging;
 pub mod metrics;
@@ -17,3 +18,4 @@ pub mod probe;
 pub mod protocol;
 pub mod serve;
 pub mod server;
+pub mod token_cmd;

@@ -523,4 +523,24 @@ mod tests {
             "refreshed in the background at half-life"
         );
     }
+
+    #[tokio::test]
+    async fn keys_nobody_asks_for_stop_refreshing_and_are_dropped() {
+        let s = stub(1, 0);
+        let cache = TokenCache::new(s.clone(), 16, Arc::new(Metrics::new()));
+        cache.get("a", "s").await.expect("token");
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        assert!(cache.is_empty(), "idle key dropped");
+        let calls = s.calls.load(Ordering::SeqCst);
+        assert!(
+            calls <= 2,
+            "at most one renewal after the last use: {calls}"
+        );
+        tokio::time::sleep(Duration::from_millis(1000)).await;
+        assert_eq!(
+            s.calls.load(Ordering::SeqCst),
+            calls,
+            "no renewals once dropped"
+        );
+    }
 }

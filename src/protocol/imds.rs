@@ -33,8 +33,8 @@ pub fn matches(path: &str) -> bool {
 
 /// True for other IMDS paths (`/metadata/instance`, ...), which are not ours to answer.
 pub fn is_other_metadata(path: &str) -> bool {
-    path.len() >= 9
-        && path[..9].eq_ignore_ascii_case("/metadata")
+    path.get(..9)
+        .is_some_and(|p| p.eq_ignore_ascii_case("/metadata"))
         && (path.len() == 9 || path.as_bytes()[9] == b'/')
 }
 

@@ -147,6 +147,14 @@ async fn handle(
     req: Request<hyper::body::Incoming>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     let path = req.uri().path().to_string();
+    if req.method() == hyper::Method::GET && path.ends_with("/.well-known/openid-configuration") {
+        let doc = serde_json::json!({
+            "token_endpoint": format!("http://fake{}", path.replace("/v2.0/.well-known/openid-configuration", "/oauth2/v2.0/token")),
+            "authorization_endpoint": "http://fake/authorize",
+            "issuer": "http://fake/",
+        });
+        return Ok(Response::new(Full::new(Bytes::from(doc.to_string()))));
+    }
     let body = req
         .into_body()
         .collect()

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod fake_entra;
+pub mod sdk;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -161,4 +162,122 @@ where
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
     false
+}
+
+/// The sidecar as a real process, with its stderr collected.
+pub struct Process {
+    pub child: std::process::Child,
+    pub logs: std::sync::Arc<std::sync::Mutex<String>>,
+    reader: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Process {
+    /// Starts `identity-sidecar ARGS` with a clean Azure environment plus `envs`.
+    pub fn spawn(args: &[&str], envs: &[(&str, &str)]) -> Process {
+        use std::io::Read as _;
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_identity-sidecar"));
+        cmd.args(args)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        for (k, _) in std::env::vars() {
+            if k.starts_with("AZURE_")
+                || k.starts_with("IDENTITY_")
+                || k.starts_with("MSI_")
+                || k == "RUST_LOG"
+            {
+                cmd.env_remove(k);
+            }
+        }
+        for (k, v) in envs {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("spawn identity-sidecar");
+        let logs = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let mut stderr = child.stderr.take().expect("stderr");
+        let mut stdout = child.stdout.take().expect("stdout");
+        let sink = std::sync::Arc::clone(&logs);
+        let reader = std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            loop {
+                match stderr.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => sink
+                        .lock()
+                        .expect("lock")
+                        .push_str(&String::from_utf8_lossy(&buf[..n])),
+                }
+            }
+            let mut rest = String::new();
+            let _ = stdout.read_to_string(&mut rest);
+            sink.lock().expect("lock").push_str(&rest);
+        });
+        Process {
+            child,
+            logs,
+            reader: Some(reader),
+        }
+    }
+
+    pub fn logs(&self) -> String {
+        self.logs.lock().expect("lock").clone()
+    }
+
+    /// Waits for the start-up line and returns the first address it names.
+    pub fn wait_listening(&self) -> SocketAddr {
+        let end = std::time::Instant::now() + Duration::from_secs(10);
+        while std::time::Instant::now() < end {
+            let logs = self.logs();
+            let found = logs
+                .find("listen=")
+                .map(|i| i + 7)
+                .or_else(|| logs.find("\"listen\":\"").map(|i| i + 10));
+            if let Some(i) = found {
+                let rest = &logs[i..];
+                let addr: String = rest
+                    .chars()
+                    .take_while(|c| !c.is_whitespace() && *c != ',' && *c != '"')
+                    .collect();
+                if let Ok(a) = addr.parse() {
+                    return a;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("sidecar did not start; logs:\n{}", self.logs());
+    }
+
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: kill(2) on our own child's pid.
+        let rc = unsafe { libc::kill(self.child.id() as i32, sig) };
+        assert_eq!(rc, 0, "kill failed");
+    }
+
+    /// Waits for exit and returns the status code and all output.
+    pub fn wait(mut self, timeout: Duration) -> (Option<i32>, String) {
+        let end = std::time::Instant::now() + timeout;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                if let Some(r) = self.reader.take() {
+                    let _ = r.join();
+                }
+                return (status.code(), self.logs());
+            }
+            if std::time::Instant::now() > end {
+                let _ = self.child.kill();
+                panic!(
+                    "process did not exit in {timeout:?}; logs:\n{}",
+                    self.logs()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }

@@ -1,0 +1,332 @@
+//! Hostile input: property tests of request parsing and routing, raw malformed HTTP over TCP,
+//! header and request size limits, and a slowloris crowd that must not starve good clients.
+mod support;
+
+use std::io::{Read as _, Write as _};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use http::{HeaderMap, HeaderName, HeaderValue};
+use identity_sidecar::config::ServeConfig;
+use identity_sidecar::protocol::{Query, app_service, imds, normalize_path};
+use proptest::prelude::*;
+use support::fake_entra::{FakeEntra, Reply};
+use support::*;
+
+fn cfg() -> ServeConfig {
+    identity_sidecar::config::ServeArgs {
+        allowed_client_ids: vec![OTHER_CLIENT_ID.into()],
+        ..args("http://127.0.0.1:1/", std::path::Path::new("/nonexistent"))
+    }
+    .validate()
+    .expect("cfg")
+}
+
+fn query_strategy() -> impl Strategy<Value = String> {
+    let key = prop_oneof![
+        Just("resource".to_string()),
+        Just("api-version".to_string()),
+        Just("client_id".to_string()),
+        Just("clientid".to_string()),
+        Just("object_id".to_string()),
+        Just("mi_res_id".to_string()),
+        "[a-z_%+=&]{0,12}",
+    ];
+    let value = prop_oneof![
+        Just("2018-02-01".to_string()),
+        Just("2019-08-01".to_string()),
+        Just("2017-09-01".to_string()),
+        Just(CLIENT_ID.to_string()),
+        Just("https%3A%2F%2Fvault.azure.net".to_string()),
+        "\\PC{0,40}",
+        "(%[0-9A-Fa-f]{0,2}|[^&]){0,30}",
+    ];
+    prop::collection::vec((key, value), 0..8).prop_map(|kv| {
+        kv.into_iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join("&")
+    })
+}
+
+fn headers_strategy() -> impl Strategy<Value = HeaderMap> {
+    let name = prop_oneof![
+        Just("metadata"),
+        Just("x-identity-header"),
+        Just("secret"),
+        Just("x-forwarded-for"),
+        Just("x-other"),
+    ];
+    let value = prop_oneof![
+        Just("true".to_string()),
+        Just(IDENTITY_HEADER.to_string()),
+        "[ -~]{0,30}"
+    ];
+    prop::collection::vec((name, value), 0..6).prop_map(|hs| {
+        let mut m = HeaderMap::new();
+        for (n, v) in hs {
+            if let Ok(v) = HeaderValue::from_str(&v) {
+                m.append(HeaderName::from_static(n), v);
+            }
+        }
+        m
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 2000, failure_persistence: None, ..ProptestConfig::default() })]
+
+    #[test]
+    fn normalised_paths_are_canonical(path in "(/|[a-zA-Z0-9._~%-]){0,40}") {
+        let p = normalize_path(&path);
+        prop_assert!(!p.contains("//"));
+        prop_assert!(p.len() <= 1 || !p.ends_with('/'));
+        prop_assert_eq!(normalize_path(&p), p.clone());
+        let _ = imds::matches(&p) || imds::is_other_metadata(&p) || app_service::matches(&p);
+    }
+
+    #[test]
+    fn parsers_never_panic_and_only_grant_allowed_identities(query in query_strategy(), headers in headers_strategy()) {
+        let cfg = cfg();
+        let _ = Query::parse(Some(&query));
+        for r in [imds::parse(&headers, Some(&query), &cfg)]
+            .into_iter()
+            .chain(app_service::version(Some(&query)).ok().map(|v| app_service::parse(v, &headers, Some(&query), &cfg)))
+        {
+            match r {
+                Ok(req) => {
+                    prop_assert!(cfg.allowed_client_ids.contains(&req.client_id));
+                    prop_assert!(!req.resource.is_empty());
+                }
+                Err(e) => {
+                    prop_assert!(e.status.is_client_error(), "{:?}", e);
+                    prop_assert!(!e.description.is_empty());
+                    // The secret never appears in an error text.
+                    prop_assert!(!e.description.contains(IDENTITY_HEADER));
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn app_service_needs_the_exact_secret(secret in "[!-~]{1,40}") {
+        let cfg = cfg();
+        let mut h = HeaderMap::new();
+        h.insert("x-identity-header", HeaderValue::from_str(&secret).expect("ascii"));
+        let r = app_service::parse(app_service::Version::V2019, &h, Some("api-version=2019-08-01&resource=r"), &cfg);
+        prop_assert_eq!(r.is_ok(), secret == IDENTITY_HEADER);
+    }
+}
+
+async fn sidecar() -> (FakeEntra, tempfile::TempDir, Sidecar) {
+    let entra = FakeEntra::start().await;
+    let (dir, path) = token_dir("system:serviceaccount:default:app");
+    let sc = Sidecar::start(args(&entra.authority(), &path)).await;
+    (entra, dir, sc)
+}
+
+/// Sends raw bytes and returns the status line (or "" if the server closed without one).
+fn raw(addr: std::net::SocketAddr, bytes: &[u8]) -> String {
+    let mut s = TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    let _ = s.write_all(bytes);
+    let mut buf = Vec::new();
+    let _ = s.read_to_end(&mut buf);
+    String::from_utf8_lossy(&buf)
+        .lines()
+        .next()
+        .unwrap_or("")
+        .to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_http_gets_4xx_and_the_server_stays_up() {
+    let (_entra, _dir, sc) = sidecar().await;
+    let addr = sc.addr;
+    let huge_header = format!(
+        "GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(64 * 1024)
+    );
+    let many_headers = format!(
+        "GET /healthz HTTP/1.1\r\nHost: x\r\n{}\r\n",
+        "X-A: b\r\n".repeat(200)
+    );
+    let cases: Vec<Vec<u8>> = vec![
+        b"GARBAGE\r\n\r\n".to_vec(),
+        b"GET /metadata/identity/oauth2/token?api-version=2018-02-01&resource=%ZZ%\x01 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".to_vec(),
+        b"GET \xff\xfe HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(),
+        b"GET /healthz HTTP/9.9\r\n\r\n".to_vec(),
+        b"GET /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: -1\r\n\r\n".to_vec(),
+        huge_header.into_bytes(),
+        many_headers.into_bytes(),
+    ];
+    let lines =
+        tokio::task::spawn_blocking(move || cases.iter().map(|c| raw(addr, c)).collect::<Vec<_>>())
+            .await
+            .expect("join");
+    for l in &lines {
+        assert!(
+            l.is_empty() || l.contains(" 4"),
+            "expected a 4xx or a closed connection, got {l:?} in {lines:?}"
+        );
+    }
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains(" 431") || l.contains(" 400")),
+        "{lines:?}"
+    );
+    let r = sc
+        .http
+        .get(sc.url("/healthz"))
+        .send()
+        .await
+        .expect("still up");
+    assert_eq!(r.status(), 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn random_request_lines_never_break_the_server() {
+    let (_entra, _dir, sc) = sidecar().await;
+    let addr = sc.addr;
+    let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig {
+        cases: 200,
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    });
+    let strategy = (
+        "(GET|POST|HEAD|PUT|DELETE|OPTIONS)",
+        "(/{1,3}(metadata|METADATA|msi|healthz|readyz|metrics|identity|oauth2|token|instance|%2F|\\.\\.)){0,5}/?",
+        query_strategy(),
+        headers_strategy(),
+    );
+    let result = runner.run(&strategy, |(method, path, query, headers)| {
+        let mut req = format!(
+            "{method} {}?{query} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n",
+            if path.is_empty() { "/" } else { &path }
+        );
+        for (n, v) in headers.iter() {
+            req.push_str(&format!("{}: {}\r\n", n, v.to_str().unwrap_or("")));
+        }
+        req.push_str("\r\n");
+        let line = raw(addr, req.as_bytes());
+        let status: u16 = line
+            .split(' ')
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        prop_assert!(
+            matches!(status, 200 | 400 | 401 | 404 | 405 | 503),
+            "{req:?} -> {line:?}"
+        );
+        Ok(())
+    });
+    // Runs on a blocking-friendly thread: the server lives on the runtime's workers.
+    result.expect("every request answered sanely");
+    assert_eq!(
+        sc.http
+            .get(sc.url("/healthz"))
+            .send()
+            .await
+            .expect("up")
+            .status(),
+        200
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slowloris_crowd_does_not_starve_good_clients() {
+    let (_entra, _dir, sc) = sidecar().await;
+    let addr = sc.addr;
+    // 400 connections that send half a request head and then nothing.
+    let idle = tokio::task::spawn_blocking(move || {
+        (0..400)
+            .filter_map(|_| {
+                let mut s = TcpStream::connect(addr).ok()?;
+                s.write_all(b"GET /metadata/identity/oauth2/token?api-version=2018-02-01 HTTP/1.1\r\nHost: x\r\nMeta").ok()?;
+                Some(s)
+            })
+            .collect::<Vec<_>>()
+    })
+    .await
+    .expect("join");
+    assert!(idle.len() >= 390, "opened {}", idle.len());
+    let started = Instant::now();
+    for _ in 0..50 {
+        let r = sc
+            .imds("api-version=2018-02-01&resource=https://vault.azure.net")
+            .await;
+        assert_eq!(r.status(), 200);
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "good clients served promptly: {:?}",
+        started.elapsed()
+    );
+    // The header-read timeout then closes the idle ones.
+    let mut one = idle.into_iter().next().expect("one");
+    one.set_read_timeout(Some(
+        identity_sidecar::server::HEADER_READ_TIMEOUT + Duration::from_secs(5),
+    ))
+    .expect("t");
+    let closed_at = tokio::task::spawn_blocking(move || {
+        let mut buf = [0u8; 256];
+        let n = one.read(&mut buf).unwrap_or(0);
+        (n, Instant::now())
+    })
+    .await
+    .expect("join");
+    let waited = closed_at.1 - started;
+    assert!(
+        waited <= identity_sidecar::server::HEADER_READ_TIMEOUT + Duration::from_secs(3),
+        "closed after {waited:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hanging_entra_fails_a_cold_key_within_the_budget_while_warm_keys_are_served() {
+    let (entra, _dir, sc) = sidecar().await;
+    assert_eq!(
+        sc.imds("api-version=2018-02-01&resource=https://warm")
+            .await
+            .status(),
+        200
+    );
+    entra.set_default(Reply::Hang);
+    let cold = {
+        let http = sc.http.clone();
+        let url =
+            sc.url("/metadata/identity/oauth2/token?api-version=2018-02-01&resource=https://cold");
+        tokio::spawn(async move {
+            let t = Instant::now();
+            let r = http
+                .get(url)
+                .header("Metadata", "true")
+                .send()
+                .await
+                .expect("answer");
+            (
+                r.status().as_u16(),
+                r.headers().contains_key("retry-after"),
+                t.elapsed(),
+            )
+        })
+    };
+    for _ in 0..20 {
+        let t = Instant::now();
+        assert_eq!(
+            sc.imds("api-version=2018-02-01&resource=https://warm")
+                .await
+                .status(),
+            200
+        );
+        assert!(t.elapsed() < Duration::from_millis(500));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (status, retry_after, took) = cold.await.expect("join");
+    assert_eq!(status, 503);
+    assert!(retry_after);
+    // Budget 4 s (test setting; default 20 s): attempts of 2 s each fit twice at most.
+    assert!(took < Duration::from_millis(4500), "bounded: {took:?}");
+}

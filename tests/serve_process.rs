@@ -1,0 +1,234 @@
+//! `identity-sidecar serve` as a real process: configuration errors, secrets kept out of logs at
+//! every level, and graceful shutdown on SIGTERM with requests in flight.
+mod support;
+
+use std::time::Duration;
+
+use support::fake_entra::{FakeEntra, Reply};
+use support::*;
+
+/// Arguments, environment, and the words the error must contain.
+type Case<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)], &'a [&'a str]);
+
+#[test]
+fn configuration_mistakes_exit_2_naming_flag_and_variable() {
+    let cases: &[Case] = &[
+        (&["serve"], &[], &["--client-id", "AZURE_CLIENT_ID"]),
+        (
+            &["serve", "--client-id", CLIENT_ID],
+            &[],
+            &["--tenant-id", "AZURE_TENANT_ID"],
+        ),
+        (
+            &["serve"],
+            &[
+                ("AZURE_CLIENT_ID", CLIENT_ID),
+                ("AZURE_TENANT_ID", TENANT_ID),
+            ],
+            &["--token-file", "AZURE_FEDERATED_TOKEN_FILE"],
+        ),
+        (
+            &[
+                "serve",
+                "--client-id",
+                "not-a-guid",
+                "--tenant-id",
+                TENANT_ID,
+                "--token-file",
+                "/t",
+            ],
+            &[],
+            &["--client-id", "AZURE_CLIENT_ID", "GUID"],
+        ),
+        (
+            &["serve"],
+            &[
+                ("AZURE_CLIENT_ID", CLIENT_ID),
+                ("AZURE_TENANT_ID", TENANT_ID),
+                ("AZURE_FEDERATED_TOKEN_FILE", "/t"),
+                ("AZURE_AUTHORITY_HOST", "http://login.example.com/"),
+            ],
+            &["--authority-host", "AZURE_AUTHORITY_HOST", "https"],
+        ),
+        (
+            &[
+                "serve",
+                "--client-id",
+                CLIENT_ID,
+                "--tenant-id",
+                TENANT_ID,
+                "--token-file",
+                "/t",
+            ],
+            &[("IDENTITY_SIDECAR_LISTEN", "127.0.0.1")],
+            &["--listen", "IDENTITY_SIDECAR_LISTEN"],
+        ),
+        (
+            &[
+                "serve",
+                "--client-id",
+                CLIENT_ID,
+                "--tenant-id",
+                TENANT_ID,
+                "--token-file",
+                "/t",
+                "--log-format",
+                "xml",
+            ],
+            &[],
+            &["--log-format", "IDENTITY_SIDECAR_LOG_FORMAT"],
+        ),
+    ];
+    for (args, envs, needles) in cases {
+        let (code, out) = Process::spawn(args, envs).wait(Duration::from_secs(10));
+        assert_eq!(code, Some(2), "{args:?} {envs:?}: {out}");
+        for n in *needles {
+            assert!(out.contains(n), "{args:?}: {n:?} not in {out:?}");
+        }
+    }
+}
+
+#[test]
+fn flags_override_the_environment() {
+    let (code, out) = Process::spawn(
+        &["serve", "--client-id", "bad"],
+        &[
+            ("AZURE_CLIENT_ID", CLIENT_ID),
+            ("AZURE_TENANT_ID", TENANT_ID),
+            ("AZURE_FEDERATED_TOKEN_FILE", "/t"),
+        ],
+    )
+    .wait(Duration::from_secs(10));
+    assert_eq!(code, Some(2));
+    assert!(out.contains("\"bad\" is not a GUID"), "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_secret_reaches_the_logs_at_any_level() {
+    let entra = FakeEntra::start().await;
+    let (dir, path) = token_dir("system:serviceaccount:default:app");
+    let federated = std::fs::read_to_string(&path)
+        .expect("token")
+        .trim()
+        .to_string();
+    for format in ["text", "json"] {
+        let p = Process::spawn(
+            &["serve", "--listen", "127.0.0.1:0", "--log-format", format],
+            &[
+                ("AZURE_CLIENT_ID", CLIENT_ID),
+                ("AZURE_TENANT_ID", TENANT_ID),
+                ("AZURE_FEDERATED_TOKEN_FILE", path.to_str().expect("utf8")),
+                ("AZURE_AUTHORITY_HOST", &entra.authority()),
+                ("IDENTITY_HEADER", IDENTITY_HEADER),
+                ("RUST_LOG", "trace"),
+            ],
+        );
+        let addr = p.wait_listening();
+        let http = client();
+        let base = format!("http://{addr}");
+        let ok = http.get(format!("{base}/metadata/identity/oauth2/token?api-version=2018-02-01&resource=https://vault.azure.net")).header("Metadata", "true").send().await.expect("imds");
+        assert_eq!(ok.status(), 200);
+        let token = ok.json::<serde_json::Value>().await.expect("json")["access_token"]
+            .as_str()
+            .expect("token")
+            .to_string();
+        let r = http
+            .get(format!(
+                "{base}/msi/token?api-version=2019-08-01&resource=https://vault.azure.net"
+            ))
+            .header("X-IDENTITY-HEADER", IDENTITY_HEADER)
+            .send()
+            .await
+            .expect("as");
+        assert_eq!(r.status(), 200);
+        let r = http
+            .get(format!(
+                "{base}/msi/token?api-version=2017-09-01&resource=https://x"
+            ))
+            .header("secret", format!("{IDENTITY_HEADER}x"))
+            .send()
+            .await
+            .expect("as");
+        assert_eq!(r.status(), 401);
+        // A token file rotation is logged too.
+        std::fs::write(
+            &path,
+            federated_jwt("system:serviceaccount:default:rotated", 3600),
+        )
+        .expect("rotate");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        p.signal(libc::SIGTERM);
+        let (code, logs) = tokio::task::spawn_blocking(move || p.wait(Duration::from_secs(15)))
+            .await
+            .expect("join");
+        assert_eq!(code, Some(0), "{logs}");
+        assert!(
+            logs.contains("token request"),
+            "per-request lines are logged: {logs}"
+        );
+        assert!(
+            logs.contains("IDENTITY_ENDPOINT"),
+            "start-up line names the app env: {logs}"
+        );
+        assert!(
+            logs.contains("TRACE") || logs.contains("\"level\":\"TRACE\""),
+            "trace level was on"
+        );
+        for (what, secret) in [
+            ("federated token", federated.as_str()),
+            ("access token", token.as_str()),
+            ("identity header", IDENTITY_HEADER),
+        ] {
+            assert!(!logs.contains(secret), "{what} leaked into {format} logs");
+        }
+        // Not even the signature part of the federated token.
+        let sig = federated.rsplit('.').next().expect("sig");
+        assert!(!logs.contains(sig));
+        std::fs::write(&path, &federated).expect("restore");
+    }
+    drop(dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_lets_requests_in_flight_finish() {
+    let entra = FakeEntra::start().await;
+    entra.set_default(Reply::Delay(Duration::from_millis(1500)));
+    let (_dir, path) = token_dir("system:serviceaccount:default:app");
+    let p = Process::spawn(
+        &["serve", "--listen", "127.0.0.1:0"],
+        &[
+            ("AZURE_CLIENT_ID", CLIENT_ID),
+            ("AZURE_TENANT_ID", TENANT_ID),
+            ("AZURE_FEDERATED_TOKEN_FILE", path.to_str().expect("utf8")),
+            ("AZURE_AUTHORITY_HOST", &entra.authority()),
+        ],
+    );
+    let addr = p.wait_listening();
+    let http = client();
+    let mut inflight = Vec::new();
+    for i in 0..20 {
+        let http = http.clone();
+        let url = format!(
+            "http://{addr}/metadata/identity/oauth2/token?api-version=2018-02-01&resource=https://r{}",
+            i % 4
+        );
+        inflight.push(tokio::spawn(async move {
+            http.get(url)
+                .header("Metadata", "true")
+                .send()
+                .await
+                .map(|r| r.status().as_u16())
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    p.signal(libc::SIGTERM);
+    for t in inflight {
+        assert_eq!(t.await.expect("join").expect("no request dropped"), 200);
+    }
+    let (code, logs) = tokio::task::spawn_blocking(move || p.wait(Duration::from_secs(15)))
+        .await
+        .expect("join");
+    assert_eq!(code, Some(0), "{logs}");
+    // After shutdown nothing listens.
+    assert!(std::net::TcpStream::connect(addr).is_err());
+}
