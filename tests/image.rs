@@ -4,7 +4,7 @@
 //! runs the runtime image's entrypoint as its user on a read-only root (`/healthz`, `/readyz`, a
 //! token) and the init image's `init-network`. Needs root, buildah, musl-tools and the musl
 //! target (scripts/install-system-deps); prints a loud SKIP without them, or fails when
-//! `IDENTITY_SIDECAR_REQUIRE_IMAGE=1` (CI).
+//! `IDENTITY_SIDECAR_REQUIRE_IMAGE=1` or `CI=true`.
 use std::process::{Command, Stdio};
 
 const REPO: &str = env!("CARGO_MANIFEST_DIR");
@@ -67,7 +67,10 @@ fn unavailable() -> Option<String> {
 #[test]
 fn images_build_with_buildah_and_run_read_only_as_their_user() {
     if let Some(why) = unavailable() {
-        if std::env::var("IDENTITY_SIDECAR_REQUIRE_IMAGE").as_deref() == Ok("1") {
+        // CI (CI=true) runs as root with scripts/install-system-deps done: never skip there.
+        if std::env::var("IDENTITY_SIDECAR_REQUIRE_IMAGE").as_deref() == Ok("1")
+            || std::env::var("CI").as_deref() == Ok("true")
+        {
             panic!("{why} (and IDENTITY_SIDECAR_REQUIRE_IMAGE=1 requires this test)");
         }
         eprintln!("\n********************************************************************");
