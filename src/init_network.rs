@@ -151,14 +151,24 @@ impl Runner for ProcessRunner {
     }
 }
 
-/// Prints commands instead of running them; every check reports "absent".
+/// Prints commands instead of running them; every check reports "absent". Read-only commands
+/// (listing, checking) are printed as `#` comments, so the rest is a script that would apply.
 struct DryRunner;
 
 impl Runner for DryRunner {
     fn run(&mut self, program: &Path, args: &[String]) -> Result<Output, InitNetworkError> {
-        println!("{}", render(program, args));
+        let read_only = args.iter().any(|a| a == "-S" || a == "-C");
+        let prefix = if read_only { "# " } else { "" };
+        println!("{prefix}{}", render(program, args));
         Ok(Output {
-            code: Some(if args.iter().any(|a| a == "-C") { 1 } else { 0 }),
+            // `-C RULE` and `-S CHAIN` report "absent", so the full install is printed.
+            code: Some(
+                if args.iter().any(|a| a == "-C") || (args.len() > 3 && args[2] == "-S") {
+                    1
+                } else {
+                    0
+                },
+            ),
             stdout: String::new(),
             stderr: String::new(),
         })
