@@ -28,6 +28,15 @@ const FAKE_ENTRA_PORT: u16 = 18080;
 const SIDECAR_PORT: u16 = 8000;
 const ACCESS_TOKEN: &str = "fake-entra-access-token-for-pod-test";
 
+/// `setpriv` arguments that leave uid 0 with NET_ADMIN only, as the imds-intercept init container.
+const NET_ADMIN_ONLY: &[&str] = &[
+    "--bounding-set",
+    "-all,+net_admin",
+    "--inh-caps",
+    "-all",
+    "--",
+];
+
 /// iptables-legacy takes a machine-wide lock: run these tests one at a time.
 static SERIAL: Mutex<()> = Mutex::new(());
 
@@ -327,9 +336,12 @@ fn pod_with_intercepted_imds_serves_the_real_python_sdk() {
     );
     let direct = lines(&imds_log).len();
 
-    // init-network, for real, twice: one rule set.
+    // init-network, for real, twice, with only the capability the manifest grants: one rule set.
     for _ in 0..2 {
-        let o = run(pod.exec(BIN).arg("init-network"));
+        let o = run(pod
+            .exec("setpriv")
+            .args(NET_ADMIN_ONLY)
+            .args([BIN, "init-network"]));
         assert!(o.status.success(), "init-network: {}", text(&o));
     }
     assert_one_rule_set(&pod.nat_rules("iptables-nft"));
@@ -429,8 +441,30 @@ fn legacy_backend_installs_once_and_removes_cleanly() {
     }
     let pod = Pod::new("legacy");
     let before = pod.nat_rules("iptables-legacy");
+    // Legacy needs NET_RAW besides NET_ADMIN; without it, it says so.
+    let o = run(pod.exec("setpriv").args(NET_ADMIN_ONLY).args([
+        BIN,
+        "init-network",
+        "--backend",
+        "legacy",
+    ]));
+    assert!(!o.status.success(), "legacy without NET_RAW: {}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("NET_RAW"),
+        "{}",
+        text(&o)
+    );
     for _ in 0..2 {
-        let o = run(pod.exec(BIN).args(["init-network", "--backend", "legacy"]));
+        let o = run(pod
+            .exec("setpriv")
+            .args([
+                "--bounding-set",
+                "-all,+net_admin,+net_raw",
+                "--inh-caps",
+                "-all",
+                "--",
+            ])
+            .args([BIN, "init-network", "--backend", "legacy"]));
         assert!(o.status.success(), "init-network: {}", text(&o));
     }
     assert_one_rule_set(&pod.nat_rules("iptables-legacy"));
