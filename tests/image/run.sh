@@ -45,9 +45,11 @@ rm -f "$work/sidecar.log" "$work/entra.jsonl"
 
 say "building the static binary (scripts/build-static)"
 "$repo/scripts/build-static" "$work/builder/out"
-file "$work/builder/out/identity-sidecar" 2>/dev/null | grep -q 'static' \
-    || ldd "$work/builder/out/identity-sidecar" 2>&1 | grep -q 'not a dynamic' \
-    || fail "binary is not static"
+# FROM scratch has no libc: the binary must be static.
+case $(ldd "$work/builder/out/identity-sidecar" 2>&1) in
+    *"statically linked"* | *"not a dynamic"*) ;;
+    *) fail "binary is not static: $(ldd "$work/builder/out/identity-sidecar" 2>&1)" ;;
+esac
 
 say "stand-in for the init base image"
 "$repo/tests/image/standin-iptables-rootfs" "$work/iptables-base"
