@@ -140,6 +140,14 @@ case $got in
     *) fail "token request: $got" ;;
 esac
 
+# The runtime image has no iptables: init-network there must say where to run it instead.
+out=$(ip netns exec "$ns" env -i "$(command -v chroot)" "$root" \
+    /usr/local/bin/identity-sidecar init-network 2>&1) && fail "init-network without iptables succeeded"
+case $out in
+    *"no iptables program found"*"init image"*) say "init-network in the runtime image: clear error" ;;
+    *) fail "init-network without iptables said: $out" ;;
+esac
+
 # --- the init image: its entrypoint installs the rules; IMDS then reaches the sidecar ---------
 c=$(buildah from --pull=never "$init_img")
 ctrs="$ctrs $c"
