@@ -84,3 +84,32 @@ fn images_build_with_buildah_and_run_read_only_as_their_user() {
         .expect("run tests/image/run.sh");
     assert!(status.success(), "tests/image/run.sh failed: {status}");
 }
+
+/// The uid that `init-network` exempts must be the one the image runs as, and the one the
+/// manifests run the sidecar as; otherwise passthrough loops or the app escapes the redirect.
+#[test]
+fn image_user_manifests_and_init_network_agree_on_the_sidecar_uid() {
+    use identity_sidecar::init_network::SIDECAR_UID;
+    let read = |p: &str| {
+        std::fs::read_to_string(format!("{REPO}/{p}")).unwrap_or_else(|e| panic!("{p}: {e}"))
+    };
+    let dockerfile = read("Dockerfile");
+    let users: Vec<&str> = dockerfile
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("USER "))
+        .collect();
+    assert!(
+        users.contains(&format!("{SIDECAR_UID}:{SIDECAR_UID}").as_str()),
+        "Dockerfile USER lines {users:?} do not include {SIDECAR_UID}:{SIDECAR_UID}"
+    );
+    // The runtime stage is the last one, so its USER is the last USER line.
+    assert_eq!(
+        users.last().copied(),
+        Some(format!("{SIDECAR_UID}:{SIDECAR_UID}").as_str())
+    );
+    let deployment = read("manifests/base/deployment.yaml");
+    assert!(deployment.contains(&format!("runAsUser: {SIDECAR_UID}")));
+    assert!(deployment.contains(&format!("fsGroup: {SIDECAR_UID}")));
+    let intercept = read("manifests/overlays/imds-intercept/init-network.yaml");
+    assert!(intercept.contains(&format!("\"--uid\", \"{SIDECAR_UID}\"")));
+}
