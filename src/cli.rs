@@ -16,11 +16,19 @@ pub struct Cli {
 }
 
 #[derive(Subcommand, Debug)]
+#[allow(
+    clippy::large_enum_variant,
+    reason = "parsed once at start; boxing ServeArgs buys nothing"
+)]
 pub enum Command {
     /// Run the whole chain locally with no cloud: mock Entra ID, rotating token file, and serve.
     Dev(crate::dev::DevArgs),
     /// Serve managed-identity tokens exchanged from the federated token file.
     Serve(crate::config::ServeArgs),
+    /// Send TCP to 169.254.169.254:80 to the sidecar (run by an init container with NET_ADMIN).
+    InitNetwork(crate::init_network::InitNetworkArgs),
+    /// Exit 0 when the sidecar's /readyz (or another path) answers 200: for exec probes.
+    Probe(crate::probe::ProbeArgs),
     /// Fetch a token from a running sidecar (a curl for pods that have none).
     Token(crate::token_cmd::TokenArgs),
     /// Check a federation setup step by step and explain what to fix.
@@ -34,6 +42,8 @@ pub fn main() -> ExitCode {
     match cli.command {
         Command::Dev(args) => crate::dev::run(args),
         Command::Serve(args) => crate::serve::run(args),
+        Command::InitNetwork(args) => crate::init_network::run(args),
+        Command::Probe(args) => crate::probe::run(args),
         Command::Token(args) => crate::token_cmd::run(args),
         Command::Doctor(args) => crate::doctor::run(args),
         Command::MockAad(args) => crate::mock_aad::run_blocking(args),

@@ -5,6 +5,8 @@
 //! - [`protocol`]: thin adapters for the IMDS and App Service protocols;
 //! - [`server`]: listeners, routing, health, metrics, shutdown;
 //! - [`config`], [`logging`], [`metrics`], [`cli`]: the edges;
+//! - [`init_network`]: the NAT rules that send 169.254.169.254 to the sidecar (init container);
+//! - [`probe`]: exec probes and the legacy sidecar's start-up wait, over loopback;
 //! - [`mock_aad`]: a stand-in Entra ID for local development and tests, never on the request path
 //!   of `serve`.
 pub mod access_log;
@@ -13,9 +15,11 @@ pub mod config;
 pub mod core;
 pub mod dev;
 pub mod doctor;
+pub mod init_network;
 pub mod logging;
 pub mod metrics;
 pub mod mock_aad;
+pub mod probe;
 pub mod protocol;
 pub mod serve;
 pub mod server;
