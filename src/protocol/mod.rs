@@ -108,7 +108,7 @@ fn pairs(raw: &str) -> impl Iterator<Item = (&str, &str)> {
 
 /// Decodes one query component.
 fn decode(s: &str) -> Cow<'_, str> {
-    if !s.contains(['%', '+']) {
+    if !s.bytes().any(|b| b == b'%' || b == b'+') {
         return Cow::Borrowed(s);
     }
     let spaced = s.replace('+', " ");
