@@ -321,7 +321,7 @@ async fn hanging_entra_fails_a_cold_key_within_the_budget_while_warm_keys_are_se
                 .status(),
             200
         );
-        assert!(t.elapsed() < Duration::from_millis(500));
+        assert!(t.elapsed() < Duration::from_millis(1500));
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let (status, retry_after, took) = cold.await.expect("join");

@@ -627,7 +627,7 @@ async fn refreshes_in_the_background_so_no_caller_waits() {
     entra.set_default(Reply::Token { lifetime: 4 });
     let (_, first) = body(sc.imds(&q(RES)).await).await;
     // From now on every Entra call is slow; callers must never see that.
-    entra.set_default(Reply::Delay(Duration::from_millis(800)));
+    entra.set_default(Reply::Delay(Duration::from_millis(1200)));
     let mut seen = std::collections::BTreeSet::new();
     let end = std::time::Instant::now() + Duration::from_secs(6);
     while std::time::Instant::now() < end {
@@ -635,7 +635,7 @@ async fn refreshes_in_the_background_so_no_caller_waits() {
         let (status, b) = body(sc.imds(&q(RES)).await).await;
         assert_eq!(status, 200);
         assert!(
-            started.elapsed() < Duration::from_millis(300),
+            started.elapsed() < Duration::from_millis(1000),
             "a caller waited on Entra: {:?}",
             started.elapsed()
         );
