@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod fake_entra;
+pub mod mock_sdk;
 pub mod sdk;
 
 use std::net::SocketAddr;

@@ -11,21 +11,7 @@ pub fn cache() -> PathBuf {
 /// True when the SDKs are installed. Otherwise fails (under the test command, which sets
 /// IDENTITY_SIDECAR_REQUIRE_SDKS=1) or prints a loud SKIP and returns false.
 pub fn available(test: &str) -> bool {
-    let c = cache();
-    if c.join("py/bin/python").exists() && c.join("node/node_modules/@azure/identity").exists() {
-        return true;
-    }
-    if std::env::var("IDENTITY_SIDECAR_REQUIRE_SDKS").as_deref() == Ok("1") {
-        panic!(
-            "{test}: the Azure SDKs are not installed in {}; run scripts/install-sdks",
-            c.display()
-        );
-    }
-    eprintln!(
-        "\n*** SKIP {test}: Azure SDKs not installed in {} (run scripts/install-sdks) ***\n",
-        c.display()
-    );
-    false
+    super::mock_sdk::sdks_or_skip(test).is_some()
 }
 
 /// A command with a clean environment: only PATH/HOME plus `envs`.
