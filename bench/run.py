@@ -157,6 +157,13 @@ def main():
         st, body = http_get(sp, IMDS_PATH, {"Metadata": "true"})
         assert st == 200, (st, body)
         size = len(body)
+        # A second sidecar with the access log off (RUST_LOG=warn), to show what the log costs.
+        qp = free_port()
+        quiet = subprocess.Popen([binary, "serve"], env=dict(env, IDENTITY_SIDECAR_LISTEN="127.0.0.1:%d" % qp, RUST_LOG="warn"),
+                                 stderr=subprocess.DEVNULL)
+        procs.append(quiet)
+        wait_port(qp)
+        assert http_get(qp, IMDS_PATH, {"Metadata": "true"})[0] == 200
         mp = free_port()
         mini = subprocess.Popen([minimal, "127.0.0.1:%d" % mp, str(size)], stderr=subprocess.DEVNULL)
         procs.append(mini)
@@ -169,10 +176,12 @@ def main():
             ("App Service, 1 conn", sp, AS_PATH, 1, {"X-IDENTITY-HEADER": HEADER}, False),
             ("App Service, 64 conns", sp, AS_PATH, 64, {"X-IDENTITY-HEADER": HEADER}, False),
             ("IMDS, new connection per request (8 clients)", sp, IMDS_PATH, 8, {"Metadata": "true"}, True),
+            ("IMDS, 64 conns, access log off", qp, IMDS_PATH, 64, {"Metadata": "true"}, False),
         ]
         results = {}
         for name, port, path, conns, headers, close in runs:
-            for who, pid, p, pth in (("sidecar", side.pid, port, path), ("minimal", mini.pid, mp, "/")):
+            spid = quiet.pid if port == qp else side.pid
+            for who, pid, p, pth in (("sidecar", spid, port, path), ("minimal", mini.pid, mp, "/")):
                 c0 = proc_cpu_seconds(pid)
                 r = wrk(p, pth, conns, dur, headers, close=close)
                 r["cpu_us"] = (proc_cpu_seconds(pid) - c0) / max(r["total"], 1) * 1e6
@@ -201,7 +210,7 @@ def main():
                      s["cpu_us"], m["cpu_us"], cpur))
             if s["non2xx"] or s["sockerr"]:
                 failures.append("%s: %d non-2xx, socket errors %s" % (name, s["non2xx"], s["sockerr"] or "none"))
-            if "64 conns" in name:
+            if name.endswith("64 conns"):
                 if ratio < 0.85:
                     failures.append("%s: throughput ratio %.2f < 0.85" % (name, ratio))
                 if p99r > 1.5:
