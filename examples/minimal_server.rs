@@ -1,5 +1,5 @@
 //! The benchmark's ceiling: a minimal hyper 1.x server that answers every request with fixed bytes
-//! of the same size as the sidecar's IMDS answer. Same runtime settings as `serve` (two workers,
+//! of the same size as the sidecar's IMDS answer. Same runtime settings as `serve` (its default worker count,
 //! HTTP/1.1 keep-alive, TCP_NODELAY), nothing else.
 //!
 //! usage: cargo run --release --example minimal_server -- ADDR BODY_BYTES
@@ -19,31 +19,33 @@ fn main() -> std::io::Result<()> {
         "{{\"access_token\":\"{}\"}}",
         "x".repeat(size.saturating_sub(19))
     ));
-    identity_sidecar::serve::runtime()?.block_on(async move {
-        let listener = tokio::net::TcpListener::bind(&addr).await?;
-        eprintln!("minimal server on {addr}, {} byte bodies", body.len());
-        loop {
-            let (stream, _) = listener.accept().await?;
-            let _ = stream.set_nodelay(true);
-            let body = body.clone();
-            tokio::spawn(async move {
-                let svc = service_fn(move |_req: Request<hyper::body::Incoming>| {
-                    let body = body.clone();
-                    async move {
-                        let mut r = Response::new(Full::new(body));
-                        r.headers_mut().insert(
-                            "content-type",
-                            hyper::header::HeaderValue::from_static(
-                                "application/json; charset=utf-8",
-                            ),
-                        );
-                        Ok::<_, Infallible>(r)
-                    }
+    identity_sidecar::serve::runtime(identity_sidecar::config::DEFAULT_WORKER_THREADS)?.block_on(
+        async move {
+            let listener = tokio::net::TcpListener::bind(&addr).await?;
+            eprintln!("minimal server on {addr}, {} byte bodies", body.len());
+            loop {
+                let (stream, _) = listener.accept().await?;
+                let _ = stream.set_nodelay(true);
+                let body = body.clone();
+                tokio::spawn(async move {
+                    let svc = service_fn(move |_req: Request<hyper::body::Incoming>| {
+                        let body = body.clone();
+                        async move {
+                            let mut r = Response::new(Full::new(body));
+                            r.headers_mut().insert(
+                                "content-type",
+                                hyper::header::HeaderValue::from_static(
+                                    "application/json; charset=utf-8",
+                                ),
+                            );
+                            Ok::<_, Infallible>(r)
+                        }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .await;
                 });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), svc)
-                    .await;
-            });
-        }
-    })
+            }
+        },
+    )
 }

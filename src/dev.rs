@@ -67,7 +67,7 @@ pub fn run(args: DevArgs) -> ExitCode {
         Some(None) => return usage("--token-lifetime: not a duration like 10m or 1h"),
     };
     let _log_guard = crate::logging::init(format);
-    let rt = match crate::serve::runtime() {
+    let rt = match crate::serve::runtime(crate::config::DEFAULT_WORKER_THREADS) {
         Ok(rt) => rt,
         Err(e) => return fail(&format!("cannot start the runtime: {e}")),
     };

@@ -17,7 +17,7 @@ pub fn run(args: ServeArgs) -> ExitCode {
         }
     };
     let _log_guard = crate::logging::init(cfg.log_format);
-    let rt = match runtime() {
+    let rt = match runtime(cfg.worker_threads) {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("identity-sidecar serve: cannot start the runtime: {e}");
@@ -41,11 +41,12 @@ pub fn run(args: ServeArgs) -> ExitCode {
     })
 }
 
-/// The runtime: at most two workers; a sidecar should not take a node's cores.
-pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
-    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+/// The runtime with `workers` worker threads (default [`crate::config::DEFAULT_WORKER_THREADS`]:
+/// one, like linkerd's proxy; a sidecar should not take a node's cores, and one worker avoids
+/// cross-core wake-ups that cost more than they give at sidecar loads).
+pub fn runtime(workers: usize) -> std::io::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(cpus.clamp(1, 2))
+        .worker_threads(workers.max(1))
         .enable_all()
         .build()
 }
