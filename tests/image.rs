@@ -7,15 +7,10 @@
 //! `IDENTITY_SIDECAR_REQUIRE_IMAGE=1` or `CI=true`.
 use std::process::{Command, Stdio};
 
-const REPO: &str = env!("CARGO_MANIFEST_DIR");
+#[path = "support/system.rs"]
+mod system;
 
-fn have(program: &str) -> bool {
-    Command::new("sh")
-        .args(["-c", &format!("command -v {program}")])
-        .stdout(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
-}
+const REPO: &str = env!("CARGO_MANIFEST_DIR");
 
 fn musl_target_installed() -> bool {
     Command::new("rustc")
@@ -41,11 +36,7 @@ fn musl_target_installed() -> bool {
 }
 
 fn unavailable() -> Option<String> {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        return Some("the image test needs root (buildah, chroot, network namespaces)".into());
-    }
-    for p in [
+    let tools = [
         "buildah",
         "musl-gcc",
         "ip",
@@ -53,10 +44,9 @@ fn unavailable() -> Option<String> {
         "chroot",
         "unshare",
         "python3",
-    ] {
-        if !have(p) {
-            return Some(format!("`{p}` not found (run scripts/install-system-deps)"));
-        }
+    ];
+    if let Some(why) = system::missing(Some("buildah, chroot, network namespaces"), &tools) {
+        return Some(why);
     }
     if !musl_target_installed() {
         return Some("Rust target x86_64-unknown-linux-musl not installed".into());
@@ -67,15 +57,10 @@ fn unavailable() -> Option<String> {
 #[test]
 fn images_build_with_buildah_and_run_read_only_as_their_user() {
     if let Some(why) = unavailable() {
-        // CI (CI=true) runs as root with scripts/install-system-deps done: never skip there.
-        if std::env::var("IDENTITY_SIDECAR_REQUIRE_IMAGE").as_deref() == Ok("1")
-            || std::env::var("CI").as_deref() == Ok("true")
-        {
-            panic!("{why} (and IDENTITY_SIDECAR_REQUIRE_IMAGE=1 requires this test)");
-        }
-        eprintln!("\n********************************************************************");
-        eprintln!("SKIP: image test: {why}");
-        eprintln!("********************************************************************\n");
+        system::skip(
+            "IDENTITY_SIDECAR_REQUIRE_IMAGE",
+            &format!("image test: {why}"),
+        );
         return;
     }
     let status = Command::new(format!("{REPO}/tests/image/run.sh"))

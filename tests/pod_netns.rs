@@ -21,6 +21,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::Mutex;
 
 use identity_sidecar::init_network::{CHAIN, SIDECAR_UID};
+use support::system::skip;
 
 const BIN: &str = env!("CARGO_BIN_EXE_identity-sidecar");
 const REPO: &str = env!("CARGO_MANIFEST_DIR");
@@ -44,41 +45,17 @@ fn serial() -> std::sync::MutexGuard<'static, ()> {
     SERIAL.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// Says SKIP loudly (or fails when the environment demands the test).
-fn skip(var: &str, why: &str) {
-    // CI (CI=true) runs as root with scripts/install-system-deps done: never skip there.
-    if std::env::var(var).as_deref() == Ok("1") || std::env::var("CI").as_deref() == Ok("true") {
-        panic!("{why} (and {var}=1 or CI=true requires this test to run)");
-    }
-    eprintln!("\n********************************************************************");
-    eprintln!("SKIP: {why}");
-    eprintln!("********************************************************************\n");
-}
-
-fn have(program: &str) -> bool {
-    Command::new("sh")
-        .args(["-c", &format!("command -v {program}")])
-        .stdout(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
-}
-
 /// Why this machine cannot run the namespace tests, if it cannot.
 fn netns_unavailable() -> Option<String> {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        return Some("pod netns tests need root".into());
-    }
-    for p in [
+    let tools = [
         "ip",
         "iptables-nft",
         "iptables-legacy",
         "setpriv",
         "python3",
-    ] {
-        if !have(p) {
-            return Some(format!("`{p}` not found (run scripts/install-system-deps)"));
-        }
+    ];
+    if let Some(why) = support::system::missing(Some("pod netns tests"), &tools) {
+        return Some(why);
     }
     let probe = format!("isc-probe-{}", std::process::id());
     let ok = run(Command::new("ip").args(["netns", "add", &probe]))

@@ -5,6 +5,7 @@
 pub mod fake_entra;
 pub mod mock_sdk;
 pub mod sdk;
+pub mod system;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
