@@ -6,10 +6,9 @@
 //! sidecar (`--imds-passthrough`), which proves the sidecar's own traffic is not redirected.
 //!
 //! Needs root, `ip`, `iptables-nft`/`iptables-legacy` and `setpriv` (scripts/install-system-deps).
-//! Where they are missing the tests print a loud SKIP, except with
-//! `IDENTITY_SIDECAR_REQUIRE_NETNS=1` or in CI (`CI=true`), where they fail. The SDK step needs
-//! `.cache/sdk/py` (scripts/install-sdks): SKIP likewise, or fail with
-//! `IDENTITY_SIDECAR_REQUIRE_SDKS=1` or `CI=true`. Namespaces and processes are removed by Drop
+//! The SDK step needs `.cache/sdk/py` (scripts/install-sdks). What is missing follows the one skip
+//! rule of `tests/support/system.rs`: a failure under CI or as root, a visible SKIP elsewhere.
+//! Namespaces and processes are removed by Drop
 //! guards, so a failing assertion cleans up too.
 mod support;
 
@@ -263,7 +262,7 @@ fn world_readable_tempdir() -> tempfile::TempDir {
 fn pod_with_intercepted_imds_serves_the_real_python_sdk() {
     let _serial = serial();
     if let Some(why) = netns_unavailable() {
-        return skip("IDENTITY_SIDECAR_REQUIRE_NETNS", &why);
+        return skip(&why);
     }
     let py = system_python();
     let dir = world_readable_tempdir();
@@ -386,10 +385,9 @@ fn pod_with_intercepted_imds_serves_the_real_python_sdk() {
             "https://management.azure.com/.default"
         );
     } else {
-        skip(
-            "IDENTITY_SIDECAR_REQUIRE_SDKS",
-            &format!("{sdk_python} missing (scripts/install-sdks): azure-identity step not run"),
-        );
+        skip(&format!(
+            "{sdk_python} missing (scripts/install-sdks): azure-identity step not run"
+        ));
     }
 
     // Passthrough: instance metadata comes from the real IMDS, via the sidecar, whose own
@@ -414,7 +412,7 @@ fn pod_with_intercepted_imds_serves_the_real_python_sdk() {
 fn legacy_backend_installs_once_and_removes_cleanly() {
     let _serial = serial();
     if let Some(why) = netns_unavailable() {
-        return skip("IDENTITY_SIDECAR_REQUIRE_NETNS", &why);
+        return skip(&why);
     }
     let pod = Pod::new("legacy");
     let before = pod.nat_rules("iptables-legacy");
@@ -458,7 +456,7 @@ fn legacy_backend_installs_once_and_removes_cleanly() {
 fn init_network_without_net_admin_says_what_is_missing() {
     let _serial = serial();
     if let Some(why) = netns_unavailable() {
-        return skip("IDENTITY_SIDECAR_REQUIRE_NETNS", &why);
+        return skip(&why);
     }
     let pod = Pod::new("nocap");
     let o = run(pod

@@ -5,12 +5,14 @@
 //! that verifies with the mock's JWKS, and the right AADSTS error for a wrong subject, an expired
 //! assertion and an unknown client.
 //!
-//! Needs `scripts/install-sdks`; skips loudly without it unless `IDENTITY_SIDECAR_REQUIRE_SDKS=1`.
+//! Needs `scripts/install-sdks`; without it, the skip rule of `tests/support/system.rs` applies.
 
 #[path = "support/mock_client.rs"]
 mod mock_client;
 #[path = "support/mock_sdk.rs"]
 mod mock_sdk;
+#[path = "support/system.rs"]
+mod system;
 
 use std::collections::BTreeMap;
 use std::path::Path;

@@ -156,7 +156,16 @@ async fn no_secret_reaches_the_logs_at_any_level() {
             federated_jwt("system:serviceaccount:default:rotated", 3600),
         )
         .expect("rotate");
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        // Wait for the event, not a fixed time: the reload line names the new subject.
+        let deadline = std::time::Instant::now() + Duration::from_secs(15);
+        while !p.logs().contains("system:serviceaccount:default:rotated") {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the rotation was never logged: {}",
+                p.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         p.signal(libc::SIGTERM);
         let (code, logs) = tokio::task::spawn_blocking(move || p.wait(Duration::from_secs(15)))
             .await

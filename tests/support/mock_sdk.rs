@@ -1,8 +1,8 @@
 //! Runs the real-SDK client programs under `tests/sdk/` as processes and reads their JSON line.
 //!
 //! The SDKs live in the repo-local cache `.cache/sdk/` made by `scripts/install-sdks`. When it is
-//! missing, [`sdks_or_skip`] fails the test if `IDENTITY_SIDECAR_REQUIRE_SDKS=1` (CI) and otherwise
-//! prints a loud SKIP and lets the test return.
+//! missing, [`sdks_or_skip`] applies the one skip rule of `tests/support/system.rs`: a failure
+//! under CI or as root, a visible SKIP elsewhere.
 #![allow(dead_code)] // each test crate uses a different subset
 
 use std::collections::BTreeMap;
@@ -45,12 +45,7 @@ pub fn sdks_or_skip(test: &str) -> Option<Sdks> {
         "the real Azure SDKs are not installed in {}: run scripts/install-sdks",
         cache.display()
     );
-    if std::env::var("IDENTITY_SIDECAR_REQUIRE_SDKS").as_deref() == Ok("1") {
-        panic!("{test}: {message} (IDENTITY_SIDECAR_REQUIRE_SDKS=1)");
-    }
-    // Straight to the process's stderr: the test harness captures eprintln! of passing tests.
-    use std::io::Write;
-    let _ = writeln!(std::io::stderr(), "\n*** SKIP {test}: {message} ***\n");
+    super::system::skip(&format!("{test}: {message}"));
     None
 }
 

@@ -8,8 +8,8 @@ pub fn cache() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".cache/sdk"))
 }
 
-/// True when the SDKs are installed. Otherwise fails (under the test command, which sets
-/// IDENTITY_SIDECAR_REQUIRE_SDKS=1) or prints a loud SKIP and returns false.
+/// True when the SDKs are installed. Otherwise fails (under CI or as root) or prints a visible
+/// SKIP and returns false: the rule of `system::skip`.
 pub fn available(test: &str) -> bool {
     super::mock_sdk::sdks_or_skip(test).is_some()
 }
