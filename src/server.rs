@@ -24,8 +24,8 @@ use crate::core::TokenService;
 use crate::core::cache::Lookup;
 use crate::core::entra::EntraClient;
 use crate::core::federated::TokenSource;
-use crate::metrics::Metrics;
 use crate::protocol::{self, HttpError, TokenRequest, app_service, imds};
+use crate::telemetry::metrics::Metrics;
 
 /// A client must send its request head within this time (slowloris defence).
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
@@ -335,7 +335,7 @@ fn access(
     cache: Option<Lookup>,
     started: Instant,
 ) {
-    crate::access_log::record(&crate::access_log::Entry {
+    crate::telemetry::access_log::record(&crate::telemetry::access_log::Entry {
         flavor,
         client_id: req.map_or("-", |r| r.client_id),
         resource: req.map_or("-", |r| &r.resource),

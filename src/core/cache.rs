@@ -22,7 +22,7 @@ use super::TokenError;
 use super::entra::IssuedToken;
 use super::federated::now_epoch;
 use super::secret::Secret;
-use crate::metrics::Metrics;
+use crate::telemetry::metrics::Metrics;
 
 /// Longest wait between two scans of the cache by the refresher.
 const MAX_TICK: Duration = Duration::from_secs(1);

@@ -1,5 +1,5 @@
 //! The Entra ID client: exchanges the federated token for an access token with the
-//! client-credentials grant and a jwt-bearer `client_assertion` (protocols.md §9.1).
+//! client-credentials grant and a jwt-bearer `client_assertion` (docs/protocols.md#entra-request).
 //!
 //! Transient failures (connection errors, timeouts, 429, 5xx) are retried with exponential
 //! backoff and jitter, honouring `Retry-After`, bounded both in attempts and in total time; other
@@ -14,7 +14,7 @@ use reqwest::Url;
 use serde::Deserialize;
 
 use super::secret::Secret;
-use crate::metrics::Metrics;
+use crate::telemetry::metrics::Metrics;
 
 const CLIENT_ASSERTION_TYPE: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
 const MAX_ATTEMPTS: u32 = 4;
@@ -167,7 +167,7 @@ impl EntraClient {
         scope: &str,
         assertion: &Secret,
     ) -> Result<IssuedToken, Attempt> {
-        // Exactly the fields the SDKs send (protocols.md §9.1), in their order.
+        // Exactly the fields the SDKs send (docs/protocols.md#entra-request), in their order.
         let form = [
             ("client_assertion", assertion.expose()),
             ("client_assertion_type", CLIENT_ASSERTION_TYPE),
@@ -510,7 +510,8 @@ fn add_pem_file(roots: &mut rustls::RootCertStore, path: &Path) -> Result<usize,
 }
 
 /// `scope` for a v1 `resource`: append `/.default` unless present, never trimming a slash
-/// (`https://management.core.windows.net/` becomes `...net//.default`, protocols.md §9.3).
+/// (`https://management.core.windows.net/` becomes `...net//.default`,
+/// docs/protocols.md#entra-scope).
 pub fn scope_for(resource: &str) -> String {
     if resource.ends_with("/.default") {
         resource.to_string()

@@ -15,7 +15,7 @@ use std::time::Duration;
 use futures_util::FutureExt as _;
 use futures_util::future::BoxFuture;
 
-use crate::metrics::Metrics;
+use crate::telemetry::metrics::Metrics;
 use cache::{CachedToken, Fetch, Lookup, TokenCache};
 use entra::{EntraClient, EntraError, IssuedToken};
 use federated::{SourceError, TokenSource};

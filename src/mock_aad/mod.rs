@@ -25,7 +25,6 @@
 //! [`federated`] (issuer tokens and the kubelet layout), `remote` (other issuers' keys),
 //! `command` (the subcommand).
 
-mod command;
 pub mod config;
 mod discovery;
 mod errors;
@@ -45,7 +44,6 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
-pub use command::{MockAadArgs, run, run_blocking};
 pub use config::{
     AppRegistration, ClientSecret, DEFAULT_CLIENT_ID, DEFAULT_OBJECT_ID, DEFAULT_SUBJECT,
     DEFAULT_TENANT_ID, FederatedCredential, ISSUER_PATH, RegistryFile, TOKEN_EXCHANGE_AUDIENCE,

@@ -5,7 +5,7 @@
 //!   (Python aio).
 //! - **2017-09-01** (`MSI_ENDPOINT` + `MSI_SECRET`): secret in `secret`, selector `clientid`.
 //!   `expires_on` is an epoch string here too: the old date format breaks current Python and JS
-//!   SDKs (protocols.md §4).
+//!   SDKs (docs/protocols.md#app-service-2017-09-01).
 //!
 //! The secret is compared in constant time. Errors carry both App Service's `statusCode`/`message`
 //! and the OAuth `error`/`error_description`, so every SDK's parser finds its fields.
@@ -124,7 +124,7 @@ fn unauthorized(description: String) -> HttpError {
 pub fn render(version: Version, t: &CachedToken, req: &TokenRequest) -> Vec<u8> {
     let body = JsonObject::with_capacity(t.access_token_json.expose().len() + 200)
         .raw("access_token", t.access_token_json.expose())
-        // A string: the Rust SDK fails on a JSON number (protocols.md §3).
+        // A string: the Rust SDK fails on a number (docs/protocols.md#app-service-2019-08-01).
         .num_str("expires_on", t.expires_on)
         .str("resource", &req.resource)
         .str("token_type", "Bearer");

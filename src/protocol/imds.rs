@@ -1,9 +1,12 @@
 //! Azure IMDS flavor: `GET /metadata/identity/oauth2/token`.
 //!
-//! Rules of real IMDS we keep (protocols.md §2): `Metadata: true` required (probes without it get
-//! a fast 400 with IMDS's wording, never a token and never a 403 "unreachable"); any
-//! `X-Forwarded-For` is refused; `api-version` >= 2018-02-01; every JSON value is a string
-//! (ODBC/JDBC and the Rust SDK break on numbers, azure-workload-identity#593).
+//! Rules of real IMDS we keep:
+//! - `Metadata: true` required: probes without it get a fast 400 with IMDS's wording, never a
+//!   token and never a 403 "unreachable" (docs/protocols.md#imds-probes);
+//! - any `X-Forwarded-For` is refused; `api-version` >= 2018-02-01
+//!   (docs/protocols.md#imds-request);
+//! - every JSON value is a string: ODBC/JDBC and the Rust SDK break on numbers
+//!   (docs/protocols.md#imds-response).
 use std::borrow::Cow;
 
 use http::{HeaderMap, StatusCode};
@@ -16,7 +19,8 @@ use crate::core::cache::CachedToken;
 /// The path, after [`super::normalize_path`]; `metadata` matches in any case, as on real IMDS.
 pub const PATH: &str = "/metadata/identity/oauth2/token";
 
-/// Selectors of a user-assigned identity that IMDS clients send (protocols.md §2.2).
+/// Selectors of a user-assigned identity that IMDS clients send
+/// (docs/protocols.md#imds-identity-selectors).
 const SELECTORS: &[&str] = &[
     "client_id",
     "object_id",
@@ -83,7 +87,8 @@ fn version_at_least(v: &str, min: &str) -> bool {
     well_formed && date >= min
 }
 
-/// The success body: real IMDS's field set and order, all strings, `expires_in` counted from now.
+/// The success body: real IMDS's field set and order, all strings, `expires_in` counted from now
+/// (docs/protocols.md#imds-response).
 pub fn render(t: &CachedToken, req: &TokenRequest) -> Vec<u8> {
     JsonObject::with_capacity(t.access_token_json.expose().len() + 320)
         .raw("access_token", t.access_token_json.expose())

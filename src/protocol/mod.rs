@@ -6,7 +6,7 @@
 //!   older 2017-09-01 (`secret`), on `/msi/token`.
 //!
 //! What they share lives here: query parsing, identity selection, resource rules, and the map
-//! from core errors to HTTP statuses (never 410: SDKs wait 70-80 s on it, protocols.md §2.5).
+//! from core errors to HTTP statuses (never 410: SDKs wait 70-80 s on it, docs/protocols.md#errors).
 pub mod app_service;
 pub mod imds;
 
@@ -95,7 +95,7 @@ impl HttpError {
 
 /// A query string, decoded on demand (`application/x-www-form-urlencoded` rules: `+` is a space,
 /// `%XX` an escape; Python SDKs send values unencoded). Repeated keys are refused, as real IMDS
-/// does. Nothing is allocated unless a value is encoded.
+/// does (docs/protocols.md#imds-request). Nothing is allocated unless a value is encoded.
 pub struct Query<'a> {
     raw: &'a str,
 }
@@ -260,7 +260,8 @@ impl JsonObject {
 }
 
 /// Normalises a request path for routing: repeated slashes collapse (Java sends
-/// `//metadata/...`) and one trailing slash is ignored (the JS SDK sends `.../token/`).
+/// `//metadata/...`) and one trailing slash is ignored (the JS SDK sends `.../token/`;
+/// docs/protocols.md#imds-path).
 pub fn normalize_path(path: &str) -> Cow<'_, str> {
     let needs_work = path.contains("//") || (path.len() > 1 && path.ends_with('/'));
     if !needs_work {

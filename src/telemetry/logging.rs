@@ -92,7 +92,7 @@ pub fn init(format: LogFormat) -> Option<Guard> {
     let ansi = std::io::stderr().is_terminal();
     let shared = Arc::new(Shared::default());
     let writer = BatchWriter(Arc::clone(&shared));
-    crate::access_log::install(writer.clone(), format);
+    crate::telemetry::access_log::install(writer.clone(), format);
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(writer)

@@ -9,7 +9,7 @@ use std::time::Duration;
 use crate::config::ServeArgs;
 use crate::core::entra::{EntraClient, EntraError, error_chain};
 use crate::core::federated::{SourceError, read_token};
-use crate::metrics::Metrics;
+use crate::telemetry::metrics::Metrics;
 
 const EXCHANGE_AUDIENCE: &str = "api://AzureADTokenExchange";
 

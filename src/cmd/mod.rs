@@ -1,5 +1,14 @@
-//! Command-line interface: one subcommand per job; each subcommand's flags are defined next to
-//! the code that runs it, and `--help` is the manual.
+//! The command line: one subcommand per job, one file per subcommand. Each file holds the
+//! subcommand's flags (parsed and checked by clap, so `--help` is the manual) and the code that
+//! runs it.
+pub mod dev;
+pub mod doctor;
+pub mod init_network;
+pub mod mock_aad;
+pub mod probe;
+pub mod serve;
+pub mod token;
+
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -22,30 +31,30 @@ pub struct Cli {
 )]
 pub enum Command {
     /// Run the whole chain locally with no cloud: mock Entra ID, rotating token file, and serve.
-    Dev(crate::dev::DevArgs),
+    Dev(crate::cmd::dev::DevArgs),
     /// Serve managed-identity tokens exchanged from the federated token file.
     Serve(crate::config::ServeArgs),
     /// Send TCP to 169.254.169.254:80 to the sidecar (run by an init container with NET_ADMIN).
-    InitNetwork(crate::init_network::InitNetworkArgs),
+    InitNetwork(crate::cmd::init_network::InitNetworkArgs),
     /// Exit 0 when the sidecar's /readyz (or another path) answers 200: for exec probes.
-    Probe(crate::probe::ProbeArgs),
+    Probe(crate::cmd::probe::ProbeArgs),
     /// Fetch a token from a running sidecar (a curl for pods that have none).
-    Token(crate::token_cmd::TokenArgs),
+    Token(crate::cmd::token::TokenArgs),
     /// Check a federation setup step by step and explain what to fix.
-    Doctor(crate::doctor::DoctorArgs),
+    Doctor(crate::cmd::doctor::DoctorArgs),
     /// Run a mock Entra ID and Kubernetes-like token issuer (development and tests only).
-    MockAad(crate::mock_aad::MockAadArgs),
+    MockAad(crate::cmd::mock_aad::MockAadArgs),
 }
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Dev(args) => crate::dev::run(args),
-        Command::Serve(args) => crate::serve::run(args),
-        Command::InitNetwork(args) => crate::init_network::run(args),
-        Command::Probe(args) => crate::probe::run(args),
-        Command::Token(args) => crate::token_cmd::run(args),
-        Command::Doctor(args) => crate::doctor::run(args),
-        Command::MockAad(args) => crate::mock_aad::run_blocking(args),
+        Command::Dev(args) => crate::cmd::dev::run(args),
+        Command::Serve(args) => crate::cmd::serve::run(args),
+        Command::InitNetwork(args) => crate::cmd::init_network::run(args),
+        Command::Probe(args) => crate::cmd::probe::run(args),
+        Command::Token(args) => crate::cmd::token::run(args),
+        Command::Doctor(args) => crate::cmd::doctor::run(args),
+        Command::MockAad(args) => crate::cmd::mock_aad::run_blocking(args),
     }
 }

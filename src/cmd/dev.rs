@@ -4,7 +4,8 @@
 //! removes the temporary files.
 //!
 //! The app is never handed `AZURE_FEDERATED_TOKEN_FILE` or an http `AZURE_AUTHORITY_HOST`: SDKs
-//! would bypass the sidecar or refuse to start (protocols.md §1.2, §9.3).
+//! would bypass the sidecar or refuse to start (docs/protocols.md#environment,
+//! docs/protocols.md#entra-tls).
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -66,8 +67,8 @@ pub fn run(args: DevArgs) -> ExitCode {
         Some(Some(d)) => Some(d),
         Some(None) => return usage("--token-lifetime: not a duration like 10m or 1h"),
     };
-    let _log_guard = crate::logging::init(format);
-    let rt = match crate::serve::runtime(crate::config::DEFAULT_WORKER_THREADS) {
+    let _log_guard = crate::telemetry::logging::init(format);
+    let rt = match crate::cmd::serve::runtime(crate::config::DEFAULT_WORKER_THREADS) {
         Ok(rt) => rt,
         Err(e) => return fail(&format!("cannot start the runtime: {e}")),
     };
@@ -132,7 +133,7 @@ pub fn run(args: DevArgs) -> ExitCode {
             }
             println!("# wrote {}", path.display());
         }
-        crate::serve::wait_for_signal().await;
+        crate::cmd::serve::wait_for_signal().await;
         tracing::info!("stopping the dev chain");
         running.shutdown().await;
         drop(writer);

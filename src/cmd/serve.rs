@@ -16,7 +16,7 @@ pub fn run(args: ServeArgs) -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    let _log_guard = crate::logging::init(cfg.log_format);
+    let _log_guard = crate::telemetry::logging::init(cfg.log_format);
     let rt = match runtime(cfg.worker_threads) {
         Ok(rt) => rt,
         Err(e) => {

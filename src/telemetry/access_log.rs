@@ -3,7 +3,7 @@
 //!
 //! It is written on every request, so it skips `tracing`'s general-purpose formatter: the line is
 //! built in a reused per-thread buffer and handed to the batching log writer of
-//! [`crate::logging`]. `RUST_LOG` still governs it (it is an `info` event of target
+//! [`crate::telemetry::logging`]. `RUST_LOG` still governs it (it is an `info` event of target
 //! `identity_sidecar::access`). Without that writer (a library user, tests) it falls back to a
 //! plain `tracing` event.
 use std::cell::RefCell;
@@ -12,10 +12,10 @@ use std::sync::OnceLock;
 
 use crate::config::LogFormat;
 
-static SINK: OnceLock<(crate::logging::BatchWriter, LogFormat)> = OnceLock::new();
+static SINK: OnceLock<(crate::telemetry::logging::BatchWriter, LogFormat)> = OnceLock::new();
 
-/// Installs the writer; called once by [`crate::logging::init`].
-pub(crate) fn install(writer: crate::logging::BatchWriter, format: LogFormat) {
+/// Installs the writer; called once by [`crate::telemetry::logging::init`].
+pub(crate) fn install(writer: crate::telemetry::logging::BatchWriter, format: LogFormat) {
     let _ = SINK.set((writer, format));
 }
 
