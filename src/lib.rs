@@ -5,7 +5,9 @@
 //! - [`cmd`]: one file per subcommand (`serve`, `dev`, `doctor`, `token`, `probe`,
 //!   `init-network`, `mock-aad`), each with its own flags;
 //! - [`config`]: the validated settings `serve` runs on;
-//! - [`server`]: listeners, limits, routing and graceful shutdown;
+//! - [`server`]: listeners, limits, routing and graceful shutdown, around a ready-made
+//!   [`service`]: the request path (token, health, readiness, metrics endpoints);
+//! - [`duration`]: the one duration syntax of every flag;
 //! - [`protocol`]: thin adapters for the IMDS and App Service protocols;
 //! - [`core`]: the token core (federated-token file, Entra ID client, cache);
 //! - [`telemetry`]: logs, the access log and metrics;
@@ -15,8 +17,10 @@
 pub mod cmd;
 pub mod config;
 pub mod core;
+pub mod duration;
 pub mod mock_aad;
 pub mod netfilter;
 pub mod protocol;
 pub mod server;
+pub mod service;
 pub mod telemetry;

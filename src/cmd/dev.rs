@@ -9,30 +9,44 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use rand::Rng as _;
 
-use crate::config::{LogFormat, ServeArgs};
-use crate::mock_aad::{self, MockAadConfig};
+use super::flags::{self, Checked};
+use super::serve::{ServeArgs, wait_for_signal};
+use crate::core::secret::Secret;
+use crate::duration;
+use crate::mock_aad::{self, MockAad, MockAadConfig};
+use crate::telemetry::logging::LogFormat;
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct DevArgs {
-    /// Where the sidecar serves. [default: 127.0.0.1:8000 and [::1]:8000 where IPv6 loopback exists]
-    #[arg(long = "listen", value_delimiter = ',', value_name = "ADDR")]
-    pub listen: Vec<String>,
+    /// Where the sidecar serves. [default: 127.0.0.1:8000, and [::1]:8000 if IPv6 loopback exists]
+    #[arg(
+        long = "listen",
+        value_delimiter = ',',
+        value_name = "ADDR",
+        value_parser = Checked(flags::listen_entry)
+    )]
+    pub listen: Vec<Option<SocketAddr>>,
 
     /// Secret for the App Service endpoints. [default: random]
-    #[arg(long, value_name = "SECRET")]
-    pub identity_header: Option<String>,
+    #[arg(long, value_name = "SECRET", value_parser = Checked(flags::identity_header))]
+    pub identity_header: Option<Secret>,
 
     /// Lifetime of the federated token; it is rotated at 80% of it, like kubelet does.
-    #[arg(long, default_value = "1h", value_name = "DURATION")]
-    pub federated_token_lifetime: String,
+    #[arg(
+        long,
+        default_value = "1h",
+        value_name = "DURATION",
+        value_parser = Checked(duration::parse_positive)
+    )]
+    pub federated_token_lifetime: Duration,
 
     /// Lifetime of the access tokens the mock issues. [default: random 60-90 minutes, like Entra]
-    #[arg(long, value_name = "DURATION")]
-    pub token_lifetime: Option<String>,
+    #[arg(long, value_name = "DURATION", value_parser = Checked(duration::parse_positive))]
+    pub token_lifetime: Option<Duration>,
 
     /// Also write the app's environment to this file (KEY=VALUE lines, for `docker run --env-file`
     /// or direnv's `dotenv`).
@@ -40,110 +54,124 @@ pub struct DevArgs {
     pub env_file: Option<PathBuf>,
 
     /// Log format of the sidecar and the mock: `text` or `json`.
-    #[arg(long, default_value = "text", value_name = "FORMAT")]
-    pub log_format: String,
+    #[arg(long, default_value = "text", value_name = "FORMAT", value_parser = Checked(LogFormat::parse))]
+    pub log_format: LogFormat,
 }
 
 pub fn run(args: DevArgs) -> ExitCode {
     let started = Instant::now();
-    let format = match args.log_format.as_str() {
-        "text" => LogFormat::Text,
-        "json" => LogFormat::Json,
-        other => {
-            return usage(&format!(
-                "--log-format: {other:?} is not one of: text, json"
-            ));
-        }
-    };
-    let Some(fed_lifetime) = crate::config::parse_duration(&args.federated_token_lifetime) else {
-        return usage("--federated-token-lifetime: not a duration like 10m or 1h");
-    };
-    let token_lifetime = match args
-        .token_lifetime
-        .as_deref()
-        .map(crate::config::parse_duration)
-    {
-        None => None,
-        Some(Some(d)) => Some(d),
-        Some(None) => return usage("--token-lifetime: not a duration like 10m or 1h"),
-    };
-    let _log_guard = crate::telemetry::logging::init(format);
-    let rt = match crate::cmd::serve::runtime(crate::config::DEFAULT_WORKER_THREADS) {
+    let _log_guard = crate::telemetry::logging::init(args.log_format);
+    let rt = match super::serve::runtime(crate::config::DEFAULT_WORKER_THREADS) {
         Ok(rt) => rt,
         Err(e) => return fail(&format!("cannot start the runtime: {e}")),
     };
-    rt.block_on(async move {
-        let mock = match mock_aad::start(MockAadConfig { token_lifetime, ..MockAadConfig::default() }).await {
-            Ok(m) => m,
-            Err(e) => return fail(&format!("cannot start the mock Entra ID: {e}")),
-        };
-        let dir = match tempfile::Builder::new().prefix("identity-sidecar-dev-").tempdir() {
-            Ok(d) => d,
-            Err(e) => return fail(&format!("cannot create a temporary folder: {e}")),
-        };
-        let writer = match mock.federated_token_writer(dir.path(), mock_aad::config::DEFAULT_SUBJECT, fed_lifetime) {
+    rt.block_on(chain(args, started))
+}
+
+/// Starts the mock, the token file and the sidecar, prints the app's environment, and runs until
+/// a signal.
+async fn chain(args: DevArgs, started: Instant) -> ExitCode {
+    let mock_cfg = MockAadConfig {
+        token_lifetime: args.token_lifetime,
+        ..MockAadConfig::default()
+    };
+    let mock = match mock_aad::start(mock_cfg).await {
+        Ok(m) => m,
+        Err(e) => return fail(&format!("cannot start the mock Entra ID: {e}")),
+    };
+    let dir = match tempfile::Builder::new()
+        .prefix("identity-sidecar-dev-")
+        .tempdir()
+    {
+        Ok(d) => d,
+        Err(e) => return fail(&format!("cannot create a temporary folder: {e}")),
+    };
+    let subject = mock_aad::config::DEFAULT_SUBJECT;
+    let writer =
+        match mock.federated_token_writer(dir.path(), subject, args.federated_token_lifetime) {
             Ok(w) => w,
             Err(e) => return fail(&format!("cannot write the federated token: {e}")),
         };
-        let header = args.identity_header.clone().unwrap_or_else(random_secret);
-        let serve_args = ServeArgs {
-            client_id: Some(mock.client_id().to_string()),
-            tenant_id: Some(mock.tenant_id().to_string()),
-            token_file: Some(writer.token_path()),
-            authority_host: Some(mock.authority_url().to_string()),
-            listen: args.listen.clone(),
-            identity_header: Some(header.clone()),
-            ..ServeArgs::default()
-        };
-        let mut cfg = match serve_args.validate() {
-            Ok(c) => c,
-            Err(e) => return usage(&e.to_string()),
-        };
-        cfg.extra_ca_files = mock.ca_pem_path().map(|p| vec![p.to_path_buf()]).unwrap_or_default();
-        let running = match crate::server::start(cfg).await {
-            Ok(r) => r,
-            Err(e) => return fail(&format!("cannot start the sidecar: {e}")),
-        };
-        let env = app_env(running.local_addrs(), &header, mock.ca_pem_path().map(|p| p.display().to_string()));
-        println!("# identity-sidecar dev: ready in {} ms", started.elapsed().as_millis());
-        println!(
-            "# mock Entra ID {} (tenant {}, client {}); federated token {} (rotates at 80% of {})",
-            mock.authority_url(),
-            mock.tenant_id(),
-            mock.client_id(),
-            writer.token_path().display(),
-            args.federated_token_lifetime
-        );
-        println!("# paste into the app's shell (Ctrl-C here stops everything):");
-        for (k, v) in &env.app {
-            println!("export {k}={v}");
+    let header = args
+        .identity_header
+        .clone()
+        .unwrap_or_else(|| Secret::new(random_secret()));
+    let serve_args = ServeArgs {
+        client_id: flags::guid(mock.client_id()).ok(),
+        tenant_id: Some(mock.tenant_id().to_string()),
+        token_file: Some(writer.token_path()),
+        authority_host: flags::authority(mock.authority_url()).ok(),
+        listen: args.listen.clone(),
+        identity_header: Some(header.clone()),
+        ..ServeArgs::default()
+    };
+    let mut cfg = match serve_args.validate() {
+        Ok(c) => c,
+        Err(e) => return usage(&e.to_string()),
+    };
+    cfg.extra_ca_files = mock
+        .ca_pem_path()
+        .map(|p| vec![p.to_path_buf()])
+        .unwrap_or_default();
+    let running = match super::serve::start(&cfg).await {
+        Ok(r) => r,
+        Err(e) => return fail(&format!("cannot start the sidecar: {e}")),
+    };
+    let ca = mock.ca_pem_path().map(|p| p.display().to_string());
+    let env = app_env(running.local_addrs(), header.expose(), ca);
+    print_banner(&mock, &writer.token_path(), &args, &env, started);
+    if let Some(path) = &args.env_file {
+        let text: String = env.app.iter().map(|(k, v)| format!("{k}={v}\n")).collect();
+        if let Err(e) = write_private(path, &text) {
+            return fail(&format!("cannot write {}: {e}", path.display()));
         }
-        println!("# only if the app itself talks to the mock Entra ID (these replace or extend its CA trust):");
-        for (k, v) in &env.ca {
-            println!("#   export {k}={v}");
-        }
-        println!(
-            "# try: curl -H Metadata:true 'http://{}/metadata/identity/oauth2/token?api-version=2018-02-01&resource=https://management.azure.com'",
-            env.base
-        );
-        if let Some(path) = &args.env_file {
-            let text: String = env.app.iter().map(|(k, v)| format!("{k}={v}\n")).collect();
-            if let Err(e) = write_private(path, &text) {
-                return fail(&format!("cannot write {}: {e}", path.display()));
-            }
-            println!("# wrote {}", path.display());
-        }
-        crate::cmd::serve::wait_for_signal().await;
-        tracing::info!("stopping the dev chain");
-        running.shutdown().await;
-        drop(writer);
-        mock.shutdown().await;
-        drop(dir);
-        if let Some(path) = &args.env_file {
-            let _ = std::fs::remove_file(path);
-        }
-        ExitCode::SUCCESS
-    })
+        println!("# wrote {}", path.display());
+    }
+    wait_for_signal().await;
+    tracing::info!("stopping the dev chain");
+    running.shutdown().await;
+    drop(writer);
+    mock.shutdown().await;
+    drop(dir);
+    if let Some(path) = &args.env_file {
+        let _ = std::fs::remove_file(path);
+    }
+    ExitCode::SUCCESS
+}
+
+fn print_banner(
+    mock: &MockAad,
+    token_path: &std::path::Path,
+    args: &DevArgs,
+    env: &AppEnv,
+    started: Instant,
+) {
+    let ms = started.elapsed().as_millis();
+    println!("# identity-sidecar dev: ready in {ms} ms");
+    println!(
+        "# mock Entra ID {} (tenant {}, client {}); federated token {} (rotates at 80% of {})",
+        mock.authority_url(),
+        mock.tenant_id(),
+        mock.client_id(),
+        token_path.display(),
+        duration::display(args.federated_token_lifetime)
+    );
+    println!("# paste into the app's shell (Ctrl-C here stops everything):");
+    for (k, v) in &env.app {
+        println!("export {k}={v}");
+    }
+    println!(
+        "# only if the app itself talks to the mock Entra ID \
+         (these replace or extend its CA trust):"
+    );
+    for (k, v) in &env.ca {
+        println!("#   export {k}={v}");
+    }
+    println!(
+        "# try: curl -H Metadata:true 'http://{}/metadata/identity/oauth2/token\
+         ?api-version=2018-02-01&resource=https://management.azure.com'",
+        env.base
+    );
 }
 
 struct AppEnv {

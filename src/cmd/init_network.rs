@@ -47,14 +47,16 @@ pub struct InitNetworkArgs {
 
 /// Runs `init-network` with the given arguments and runner; returns what was done.
 ///
-/// `caps` are the effective capabilities to check first (`None`: do not check).
+/// `caps` are the effective capabilities (`None`: do not check). They are checked once the program
+/// is chosen and before any rule is written; with `--backend auto`, choosing runs the read-only
+/// `iptables -t nat -S` of each candidate first.
 pub fn execute(
     args: &InitNetworkArgs,
     runner: &mut impl Runner,
     caps: Option<u64>,
 ) -> Result<String, NetfilterError> {
     let tool = choose_tool(runner, args.backend, args.iptables.as_deref())?;
-    check_caps(caps, tool.backend)?;
+    check_caps(caps, tool.kind)?;
     let mut rules = Rules::new(runner, tool.program.clone());
     if args.remove {
         rules.remove()?;
@@ -86,5 +88,38 @@ pub fn run(args: InitNetworkArgs) -> ExitCode {
             eprintln!("identity-sidecar init-network: error: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::netfilter::fake::FakeTables;
+
+    fn args() -> InitNetworkArgs {
+        InitNetworkArgs {
+            port: DEFAULT_PORT,
+            uid: SIDECAR_UID,
+            remove: false,
+            backend: Backend::Nft,
+            iptables: Some(PathBuf::from("/x/iptables")),
+            dry_run: false,
+        }
+    }
+
+    #[test]
+    fn missing_net_admin_stops_before_any_iptables_command_runs() {
+        let mut t = FakeTables::default();
+        let err = execute(&args(), &mut t, Some(0)).expect_err("no NET_ADMIN");
+        assert!(err.to_string().contains("NET_ADMIN"), "{err}");
+        assert!(t.log.is_empty(), "ran {:?}", t.log);
+    }
+
+    #[test]
+    fn with_net_admin_the_rules_are_installed() {
+        let mut t = FakeTables::default();
+        let msg = execute(&args(), &mut t, Some(1 << 12)).expect("installed");
+        assert!(msg.contains("127.0.0.1:8000"), "{msg}");
+        assert_eq!(t.rules.len(), 3);
     }
 }

@@ -5,8 +5,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use crate::duration;
 use crate::mock_aad::config::{AppRegistration, ClientSecret, FederatedCredential, RegistryFile};
-use crate::mock_aad::faults::{Fault, FaultAction, parse_duration_secs};
+use crate::mock_aad::faults::{Fault, FaultAction};
 use crate::mock_aad::{self, DEFAULT_SUBJECT, MockAadConfig};
 
 const AFTER_HELP: &str = "\
@@ -76,8 +77,9 @@ pub struct MockAadArgs {
     #[arg(long, env = "MOCK_AAD_CLIENT_SECRET", hide_env_values = true)]
     pub client_secret: Option<String>,
 
-    /// Fixed lifetime of issued access tokens (e.g. 3600, 90m, 2h) [default: random 60-90 min].
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration_secs)]
+    /// Fixed lifetime of issued access tokens (e.g. 3600, 90m, 2h; a bare number is seconds)
+    /// [default: random 60-90 min].
+    #[arg(long, value_name = "DURATION", value_parser = duration::parse)]
     pub token_lifetime: Option<Duration>,
 
     /// Inject a fault into the token endpoint: 503, 429 (or 429:RETRY_AFTER_SECS), aadsts:CODE or delay:DURATION.
@@ -100,8 +102,14 @@ pub struct MockAadArgs {
     #[arg(long, default_value = DEFAULT_SUBJECT, value_name = "SUBJECT")]
     pub federated_token_subject: String,
 
-    /// Lifetime of the token written to --federated-token-dir (e.g. 3600, 10m, 1h).
-    #[arg(long, default_value = "1h", value_name = "DURATION", value_parser = parse_duration_secs)]
+    /// Lifetime of the token written to --federated-token-dir (e.g. 3600, 10m, 1h; a bare number
+    /// is seconds).
+    #[arg(
+        long,
+        default_value = "1h",
+        value_name = "DURATION",
+        value_parser = duration::parse
+    )]
     pub federated_token_lifetime: Duration,
 }
 

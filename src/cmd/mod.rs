@@ -3,6 +3,7 @@
 //! runs it.
 pub mod dev;
 pub mod doctor;
+pub mod flags;
 pub mod init_network;
 pub mod mock_aad;
 pub mod probe;
@@ -31,30 +32,30 @@ pub struct Cli {
 )]
 pub enum Command {
     /// Run the whole chain locally with no cloud: mock Entra ID, rotating token file, and serve.
-    Dev(crate::cmd::dev::DevArgs),
+    Dev(dev::DevArgs),
     /// Serve managed-identity tokens exchanged from the federated token file.
-    Serve(crate::config::ServeArgs),
+    Serve(serve::ServeArgs),
     /// Send TCP to 169.254.169.254:80 to the sidecar (run by an init container with NET_ADMIN).
-    InitNetwork(crate::cmd::init_network::InitNetworkArgs),
+    InitNetwork(init_network::InitNetworkArgs),
     /// Exit 0 when the sidecar's /readyz (or another path) answers 200: for exec probes.
-    Probe(crate::cmd::probe::ProbeArgs),
+    Probe(probe::ProbeArgs),
     /// Fetch a token from a running sidecar (a curl for pods that have none).
-    Token(crate::cmd::token::TokenArgs),
+    Token(token::TokenArgs),
     /// Check a federation setup step by step and explain what to fix.
-    Doctor(crate::cmd::doctor::DoctorArgs),
+    Doctor(doctor::DoctorArgs),
     /// Run a mock Entra ID and Kubernetes-like token issuer (development and tests only).
-    MockAad(crate::cmd::mock_aad::MockAadArgs),
+    MockAad(mock_aad::MockAadArgs),
 }
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Dev(args) => crate::cmd::dev::run(args),
-        Command::Serve(args) => crate::cmd::serve::run(args),
-        Command::InitNetwork(args) => crate::cmd::init_network::run(args),
-        Command::Probe(args) => crate::cmd::probe::run(args),
-        Command::Token(args) => crate::cmd::token::run(args),
-        Command::Doctor(args) => crate::cmd::doctor::run(args),
-        Command::MockAad(args) => crate::cmd::mock_aad::run_blocking(args),
+        Command::Dev(args) => dev::run(args),
+        Command::Serve(args) => serve::run(args),
+        Command::InitNetwork(args) => init_network::run(args),
+        Command::Probe(args) => probe::run(args),
+        Command::Token(args) => token::run(args),
+        Command::Doctor(args) => doctor::run(args),
+        Command::MockAad(args) => mock_aad::run_blocking(args),
     }
 }

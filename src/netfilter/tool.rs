@@ -21,11 +21,35 @@ pub enum Backend {
     Legacy,
 }
 
+/// What kind of iptables program a [`Tool`] is, as far as its name tells.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ToolKind {
+    /// `iptables-nft`.
+    Nft,
+    /// `iptables-legacy`: also needs NET_RAW.
+    Legacy,
+    /// A plain `iptables`, whichever backend it is.
+    Default,
+    /// A program given with `--iptables`.
+    AsGiven,
+}
+
+impl fmt::Display for ToolKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ToolKind::Nft => "nft",
+            ToolKind::Legacy => "legacy",
+            ToolKind::Default => "default",
+            ToolKind::AsGiven => "as given",
+        })
+    }
+}
+
 /// The iptables program and how it was chosen.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Tool {
     pub program: PathBuf,
-    pub backend: &'static str,
+    pub kind: ToolKind,
 }
 
 /// Directories searched for iptables besides `PATH` (distroless images often have no PATH).
@@ -69,7 +93,7 @@ pub fn choose_tool(
     if let Some(p) = explicit {
         return Ok(Tool {
             program: p.to_path_buf(),
-            backend: "as given",
+            kind: ToolKind::AsGiven,
         });
     }
     let path_var = std::env::var_os("PATH");
@@ -83,28 +107,28 @@ pub fn choose_tool(
         Backend::Nft => nft
             .map(|program| Tool {
                 program,
-                backend: "nft",
+                kind: ToolKind::Nft,
             })
             .ok_or_else(|| missing("iptables-nft")),
         Backend::Legacy => legacy
             .map(|program| Tool {
                 program,
-                backend: "legacy",
+                kind: ToolKind::Legacy,
             })
             .ok_or_else(|| missing("iptables-legacy")),
         Backend::Auto => {
-            let mut candidates: Vec<(PathBuf, &'static str)> = Vec::new();
+            let mut candidates: Vec<(PathBuf, ToolKind)> = Vec::new();
             if let Some(p) = nft {
-                candidates.push((p, "nft"));
+                candidates.push((p, ToolKind::Nft));
             }
             if let Some(p) = legacy {
-                candidates.push((p, "legacy"));
+                candidates.push((p, ToolKind::Legacy));
             }
             if candidates.is_empty() {
                 return plain()
                     .map(|program| Tool {
                         program,
-                        backend: "default",
+                        kind: ToolKind::Default,
                     })
                     .ok_or_else(|| missing("iptables-nft, iptables-legacy, iptables"));
             }
@@ -131,11 +155,11 @@ pub fn choose_tool(
             Ok(pick.map_or_else(
                 || Tool {
                     program: PathBuf::from("iptables"),
-                    backend: "default",
+                    kind: ToolKind::Default,
                 },
-                |(program, backend, _)| Tool {
+                |(program, kind, _)| Tool {
                     program: program.clone(),
-                    backend,
+                    kind: *kind,
                 },
             ))
         }
@@ -152,24 +176,24 @@ pub fn effective_caps() -> Option<u64> {
 const CAP_NET_ADMIN: u32 = 12;
 const CAP_NET_RAW: u32 = 13;
 
-pub fn check_caps(caps: Option<u64>, backend: &str) -> Result<(), NetfilterError> {
+pub fn check_caps(caps: Option<u64>, kind: ToolKind) -> Result<(), NetfilterError> {
     let Some(caps) = caps else { return Ok(()) };
     let has = |bit: u32| caps & (1u64 << bit) != 0;
     if !has(CAP_NET_ADMIN) {
         return Err(NetfilterError::MissingCapability {
-            extra: if backend == "legacy" {
+            extra: if kind == ToolKind::Legacy {
                 " (and NET_RAW for iptables-legacy)"
             } else {
                 ""
             },
-            caps: if backend == "legacy" {
+            caps: if kind == ToolKind::Legacy {
                 "NET_ADMIN, NET_RAW"
             } else {
                 "NET_ADMIN"
             },
         });
     }
-    if backend == "legacy" && !has(CAP_NET_RAW) {
+    if kind == ToolKind::Legacy && !has(CAP_NET_RAW) {
         return Err(NetfilterError::MissingCapability {
             extra: " and, for iptables-legacy, NET_RAW",
             caps: "NET_ADMIN, NET_RAW",
@@ -180,7 +204,7 @@ pub fn check_caps(caps: Option<u64>, backend: &str) -> Result<(), NetfilterError
 
 impl fmt::Display for Tool {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} (backend {})", self.program.display(), self.backend)
+        write!(f, "{} (backend {})", self.program.display(), self.kind)
     }
 }
 
@@ -190,13 +214,13 @@ mod tests {
     use crate::netfilter::fake::FakeTables;
 
     #[test]
-    fn missing_net_admin_is_reported_before_running_anything() {
-        let err = check_caps(Some(0), "nft").expect_err("no caps");
+    fn missing_capabilities_are_named_with_the_ones_to_add() {
+        let err = check_caps(Some(0), ToolKind::Nft).expect_err("no caps");
         assert!(err.to_string().contains("capabilities.add: [NET_ADMIN]"));
-        let err = check_caps(Some(1 << CAP_NET_ADMIN), "legacy").expect_err("no NET_RAW");
+        let err = check_caps(Some(1 << CAP_NET_ADMIN), ToolKind::Legacy).expect_err("no NET_RAW");
         assert!(err.to_string().contains("NET_RAW"));
-        check_caps(Some(1 << CAP_NET_ADMIN), "nft").expect("nft needs NET_ADMIN only");
-        check_caps(None, "nft").expect("unknown caps: let iptables decide");
+        check_caps(Some(1 << CAP_NET_ADMIN), ToolKind::Nft).expect("nft needs NET_ADMIN only");
+        check_caps(None, ToolKind::Nft).expect("unknown caps: let iptables decide");
     }
 
     #[test]

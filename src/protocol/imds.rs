@@ -12,8 +12,8 @@ use std::borrow::Cow;
 use http::{HeaderMap, StatusCode};
 use serde::Serialize;
 
-use super::{HttpError, JsonObject, Query, TokenRequest};
-use crate::config::ServeConfig;
+use super::{Flavor, FlavorName, HttpError, JsonObject, Query, TokenRequest};
+use crate::config::Policy;
 use crate::core::cache::CachedToken;
 
 /// The path, after [`super::normalize_path`]; `metadata` matches in any case, as on real IMDS.
@@ -42,10 +42,44 @@ pub fn is_other_metadata(path: &str) -> bool {
         && (path.len() == 9 || path.as_bytes()[9] == b'/')
 }
 
+/// The IMDS flavor for the server's token handler.
+pub struct Imds;
+
+impl Flavor for Imds {
+    type Version = ();
+    const NAME: FlavorName = FlavorName::Imds;
+
+    /// Checked in [`parse`], after the `Metadata` header, as real IMDS does.
+    fn version(_query: Option<&str>) -> Result<(), HttpError> {
+        Ok(())
+    }
+
+    fn name(_version: ()) -> FlavorName {
+        FlavorName::Imds
+    }
+
+    fn parse<'a>(
+        _version: (),
+        headers: &HeaderMap,
+        query: Option<&'a str>,
+        policy: &'a Policy,
+    ) -> Result<TokenRequest<'a>, HttpError> {
+        parse(headers, query, policy)
+    }
+
+    fn render(_version: (), token: &CachedToken, req: &TokenRequest) -> Vec<u8> {
+        render(token, req)
+    }
+
+    fn render_error(e: &HttpError) -> Vec<u8> {
+        render_error(e)
+    }
+}
+
 pub fn parse<'a>(
     headers: &HeaderMap,
     query: Option<&'a str>,
-    cfg: &'a ServeConfig,
+    policy: &'a Policy,
 ) -> Result<TokenRequest<'a>, HttpError> {
     let metadata = headers.get("metadata").and_then(|v| v.to_str().ok());
     if !metadata.is_some_and(|v| v.trim().eq_ignore_ascii_case("true")) {
@@ -65,8 +99,8 @@ pub fn parse<'a>(
             "api-version '{version}' is not supported; use 2018-02-01 or later"
         )));
     }
-    let resource = q.resource(cfg)?;
-    let client_id = q.identity(SELECTORS, cfg)?;
+    let resource = q.resource(policy)?;
+    let client_id = q.identity(SELECTORS, policy)?;
     Ok(TokenRequest {
         client_id,
         resource,

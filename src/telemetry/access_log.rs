@@ -3,21 +3,13 @@
 //!
 //! It is written on every request, so it skips `tracing`'s general-purpose formatter: the line is
 //! built in a reused per-thread buffer and handed to the batching log writer of
-//! [`crate::telemetry::logging`]. `RUST_LOG` still governs it (it is an `info` event of target
+//! [`crate::telemetry::logging::sink`]. `RUST_LOG` still governs it (it is an `info` event of target
 //! `identity_sidecar::access`). Without that writer (a library user, tests) it falls back to a
 //! plain `tracing` event.
 use std::cell::RefCell;
 use std::io::Write as _;
-use std::sync::OnceLock;
 
-use crate::config::LogFormat;
-
-static SINK: OnceLock<(crate::telemetry::logging::BatchWriter, LogFormat)> = OnceLock::new();
-
-/// Installs the writer; called once by [`crate::telemetry::logging::init`].
-pub(crate) fn install(writer: crate::telemetry::logging::BatchWriter, format: LogFormat) {
-    let _ = SINK.set((writer, format));
-}
+use crate::telemetry::logging::{self, LogFormat};
 
 /// One finished token request.
 pub struct Entry<'a> {
@@ -37,7 +29,7 @@ pub fn record(e: &Entry<'_>) {
     if !tracing::enabled!(target: "identity_sidecar::access", tracing::Level::INFO) {
         return;
     }
-    let Some((writer, format)) = SINK.get() else {
+    let Some((writer, format)) = logging::sink() else {
         tracing::info!(
             target: "identity_sidecar::access",
             flavor = e.flavor, client_id = e.client_id, resource = e.resource, status = e.status,
