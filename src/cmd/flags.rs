@@ -190,20 +190,24 @@ pub fn resource_entry(text: &str) -> Result<Option<ResourceRule>, String> {
 
 /// A whole number of at least 1.
 pub fn positive_count(text: &str) -> Result<usize, String> {
-    let t = text.trim();
-    match t.parse::<usize>() {
-        Ok(n) if n > 0 => Ok(n),
-        _ => Err(format!("{t:?} is not a positive whole number")),
-    }
+    whole_number(text, 1..=usize::MAX, "a positive whole number")
 }
 
 /// A number of worker threads, 1 to 64.
 pub fn worker_threads(text: &str) -> Result<usize, String> {
+    whole_number(text, 1..=64, "a whole number from 1 to 64")
+}
+
+fn whole_number(
+    text: &str,
+    range: std::ops::RangeInclusive<usize>,
+    what: &str,
+) -> Result<usize, String> {
     let t = text.trim();
-    match t.parse::<usize>() {
-        Ok(n) if (1..=64).contains(&n) => Ok(n),
-        _ => Err(format!("{t:?} is not a whole number from 1 to 64")),
-    }
+    t.parse::<usize>()
+        .ok()
+        .filter(|n| range.contains(n))
+        .ok_or_else(|| format!("{t:?} is not {what}"))
 }
 
 #[cfg(test)]
