@@ -49,11 +49,6 @@ impl Running {
         let _ = self.stop.send(true);
         let _ = self.done.await;
     }
-
-    /// Waits until the server stops (after [`Running::shutdown`] from elsewhere, or never).
-    pub async fn wait(self) {
-        let _ = self.done.await;
-    }
 }
 
 /// Why the server could not start.

@@ -101,10 +101,6 @@ impl EntraClient {
         })
     }
 
-    pub fn token_url(&self) -> &Url {
-        &self.token_url
-    }
-
     /// Exchanges `assertion` for a token for `scope`, retrying transient failures within the
     /// budget. Never logs the assertion or the token.
     pub async fn exchange(
