@@ -45,6 +45,22 @@ impl Report {
     }
 }
 
+const CONFIG_FIX: &str = "Set the flag or the variable; in a pod the Azure Workload Identity \
+                          webhook injects AZURE_CLIENT_ID, AZURE_TENANT_ID and \
+                          AZURE_FEDERATED_TOKEN_FILE.";
+
+/// Step 1 failed already while the flags were parsed: report it as the step's failure (exit 1).
+pub fn malformed_setting(e: &clap::Error) -> ExitCode {
+    let text = e.to_string();
+    let first = text.lines().next().unwrap_or_default();
+    let message = first.strip_prefix("error: ").unwrap_or(first);
+    let mut r = Report { failed: false };
+    println!("identity-sidecar doctor");
+    println!("1. configuration");
+    r.fail(message, CONFIG_FIX);
+    ExitCode::FAILURE
+}
+
 pub fn run(args: DoctorArgs) -> ExitCode {
     let mut r = Report { failed: false };
     println!("identity-sidecar doctor");
@@ -58,11 +74,7 @@ pub fn run(args: DoctorArgs) -> ExitCode {
             c
         }
         Err(e) => {
-            r.fail(
-                &e.to_string(),
-                "Set the flag or the variable; in a pod the Azure Workload Identity webhook \
-                 injects AZURE_CLIENT_ID, AZURE_TENANT_ID and AZURE_FEDERATED_TOKEN_FILE.",
-            );
+            r.fail(&e.to_string(), CONFIG_FIX);
             return ExitCode::FAILURE;
         }
     };

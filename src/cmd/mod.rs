@@ -48,7 +48,17 @@ pub enum Command {
 }
 
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            // doctor explains a malformed setting like any other failed check, with its fix.
+            let doctor = std::env::args_os().nth(1).is_some_and(|a| a == "doctor");
+            if doctor && e.kind() == clap::error::ErrorKind::ValueValidation {
+                return doctor::malformed_setting(&e);
+            }
+            e.exit()
+        }
+    };
     match cli.command {
         Command::Dev(args) => dev::run(args),
         Command::Serve(args) => serve::run(args),
