@@ -5,8 +5,10 @@
 //! - [`app_service`]: App Service / Container Apps, 2019-08-01 (`X-IDENTITY-HEADER`) and the
 //!   older 2017-09-01 (`secret`), on `/msi/token`.
 //!
-//! What they share lives here: query parsing, identity selection, resource rules, and the map
-//! from core errors to HTTP statuses (never 410: SDKs wait 70-80 s on it, docs/protocols.md#errors).
+//! What they share lives here: the [`Flavor`] trait the server's one token handler is generic
+//! over, query parsing, identity selection and resource rules (against the [`Policy`], never the
+//! whole configuration), and the map from core errors to HTTP statuses (never 410: SDKs wait
+//! 70-80 s on it, docs/protocols.md#errors).
 pub mod app_service;
 pub mod imds;
 
