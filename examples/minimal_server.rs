@@ -19,8 +19,8 @@ fn main() -> std::io::Result<()> {
         "{{\"access_token\":\"{}\"}}",
         "x".repeat(size.saturating_sub(19))
     ));
-    identity_sidecar::serve::runtime(identity_sidecar::config::DEFAULT_WORKER_THREADS)?.block_on(
-        async move {
+    identity_sidecar::cmd::serve::runtime(identity_sidecar::config::DEFAULT_WORKER_THREADS)?
+        .block_on(async move {
             let listener = tokio::net::TcpListener::bind(&addr).await?;
             eprintln!("minimal server on {addr}, {} byte bodies", body.len());
             loop {
@@ -46,6 +46,5 @@ fn main() -> std::io::Result<()> {
                         .await;
                 });
             }
-        },
-    )
+        })
 }

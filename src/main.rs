@@ -1,4 +1,4 @@
-//! Binary entry point; the subcommands live in the library (`identity_sidecar::cli`).
+//! Binary entry point; the subcommands live in the library (`identity_sidecar::cmd`).
 fn main() -> std::process::ExitCode {
-    identity_sidecar::cli::main()
+    identity_sidecar::cmd::main()
 }

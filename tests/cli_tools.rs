@@ -112,6 +112,15 @@ async fn doctor_passes_a_working_setup_and_explains_each_failure() {
     let (code, out) = doctor(vec![]).await;
     assert_eq!(code, Some(1));
     assert!(out.contains("AZURE_CLIENT_ID"), "{out}");
+    // A malformed value is a failed configuration step too, not a usage error.
+    let mut bad = doctor_env(&authority, &file);
+    bad[0] = ("AZURE_CLIENT_ID", "not-a-guid");
+    let (code, out) = doctor(bad).await;
+    assert_eq!(code, Some(1), "{out}");
+    assert!(
+        out.contains("FAIL  --client-id (env AZURE_CLIENT_ID): \"not-a-guid\" is not a GUID"),
+        "{out}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -14,8 +14,8 @@ use support::fake_entra::{FakeEntra, Reply};
 use support::*;
 
 fn cfg() -> ServeConfig {
-    identity_sidecar::config::ServeArgs {
-        allowed_client_ids: vec![OTHER_CLIENT_ID.into()],
+    identity_sidecar::cmd::serve::ServeArgs {
+        allowed_client_ids: vec![Some(guid(OTHER_CLIENT_ID))],
         ..args("http://127.0.0.1:1/", std::path::Path::new("/nonexistent"))
     }
     .validate()
@@ -89,13 +89,13 @@ proptest! {
     fn parsers_never_panic_and_only_grant_allowed_identities(query in query_strategy(), headers in headers_strategy()) {
         let cfg = cfg();
         let _ = Query::parse(Some(&query));
-        for r in [imds::parse(&headers, Some(&query), &cfg)]
+        for r in [imds::parse(&headers, Some(&query), &cfg.policy)]
             .into_iter()
-            .chain(app_service::version(Some(&query)).ok().map(|v| app_service::parse(v, &headers, Some(&query), &cfg)))
+            .chain(app_service::version(Some(&query)).ok().map(|v| app_service::parse(v, &headers, Some(&query), &cfg.policy)))
         {
             match r {
                 Ok(req) => {
-                    prop_assert!(cfg.allowed_client_ids.iter().any(|c| c == req.client_id));
+                    prop_assert!(cfg.policy.allowed_client_ids.iter().any(|c| c == req.client_id));
                     prop_assert!(!req.resource.is_empty());
                 }
                 Err(e) => {
@@ -113,7 +113,7 @@ proptest! {
         let cfg = cfg();
         let mut h = HeaderMap::new();
         h.insert("x-identity-header", HeaderValue::from_str(&secret).expect("ascii"));
-        let r = app_service::parse(app_service::Version::V2019, &h, Some("api-version=2019-08-01&resource=r"), &cfg);
+        let r = app_service::parse(app_service::Version::V2019, &h, Some("api-version=2019-08-01&resource=r"), &cfg.policy);
         prop_assert_eq!(r.is_ok(), secret == IDENTITY_HEADER);
     }
 }

@@ -71,7 +71,7 @@ fn images_build_with_buildah_and_run_read_only_as_their_user() {
 /// manifests run the sidecar as; otherwise passthrough loops or the app escapes the redirect.
 #[test]
 fn image_user_manifests_and_init_network_agree_on_the_sidecar_uid() {
-    use identity_sidecar::init_network::SIDECAR_UID;
+    use identity_sidecar::netfilter::SIDECAR_UID;
     let read = |p: &str| {
         std::fs::read_to_string(format!("{REPO}/{p}")).unwrap_or_else(|e| panic!("{p}: {e}"))
     };

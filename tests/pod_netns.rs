@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::Mutex;
 
-use identity_sidecar::init_network::{CHAIN, SIDECAR_UID};
+use identity_sidecar::netfilter::{CHAIN, SIDECAR_UID};
 use support::system::skip;
 
 const BIN: &str = env!("CARGO_BIN_EXE_identity-sidecar");

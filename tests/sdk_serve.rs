@@ -19,8 +19,8 @@ struct Env {
 async fn start() -> Env {
     let entra = FakeEntra::start().await;
     let (dir, path) = token_dir("system:serviceaccount:default:app");
-    let sc = Sidecar::start(identity_sidecar::config::ServeArgs {
-        allowed_client_ids: vec![OTHER_CLIENT_ID.into()],
+    let sc = Sidecar::start(identity_sidecar::cmd::serve::ServeArgs {
+        allowed_client_ids: vec![Some(guid(OTHER_CLIENT_ID))],
         ..args(&entra.authority(), &path)
     })
     .await;

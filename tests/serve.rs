@@ -255,8 +255,8 @@ async fn unknown_paths_and_other_imds_paths_get_json_404() {
 async fn imds_identity_selectors() {
     let entra = FakeEntra::start().await;
     let (_dir, path) = token_dir("system:serviceaccount:default:app");
-    let sc = Sidecar::start(identity_sidecar::config::ServeArgs {
-        allowed_client_ids: vec![OTHER_CLIENT_ID.into()],
+    let sc = Sidecar::start(identity_sidecar::cmd::serve::ServeArgs {
+        allowed_client_ids: vec![Some(guid(OTHER_CLIENT_ID))],
         ..args(&entra.authority(), &path)
     })
     .await;
@@ -450,7 +450,7 @@ async fn app_service_2017_uses_secret_clientid_and_epoch_string() {
 async fn app_service_refuses_everything_without_an_identity_header() {
     let entra = FakeEntra::start().await;
     let (_dir, path) = token_dir("system:serviceaccount:default:app");
-    let sc = Sidecar::start(identity_sidecar::config::ServeArgs {
+    let sc = Sidecar::start(identity_sidecar::cmd::serve::ServeArgs {
         identity_header: None,
         ..args(&entra.authority(), &path)
     })
@@ -865,10 +865,10 @@ async fn health_readiness_and_metrics() {
 async fn allowed_resources_refuse_before_calling_entra() {
     let entra = FakeEntra::start().await;
     let (_dir, path) = token_dir("system:serviceaccount:default:app");
-    let sc = Sidecar::start(identity_sidecar::config::ServeArgs {
+    let sc = Sidecar::start(identity_sidecar::cmd::serve::ServeArgs {
         allowed_resources: vec![
-            "https://vault.azure.net".into(),
-            "https://storage.azure.com/*".into(),
+            "https://vault.azure.net".parse().ok(),
+            "https://storage.azure.com/*".parse().ok(),
         ],
         ..args(&entra.authority(), &path)
     })

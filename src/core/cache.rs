@@ -8,34 +8,40 @@
 //! - **Outages**: a cached token is served until shortly before it really expires while renewals
 //!   back off; errors are never cached, except that a throttled key waits out `Retry-After`.
 //! - **Bounded**: at most `max_entries` keys; idle keys stop being refreshed and are dropped.
+//!
+//! Time is Tokio's clock ([`tokio::time::Instant`]): the real monotonic clock in production, and
+//! one a test can pause and advance (`tokio::time::pause`), so the refresh and idle rules are
+//! tested without waiting.
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
 use futures_util::FutureExt as _;
 use futures_util::future::{BoxFuture, Shared};
-use rand::Rng as _;
+use tokio::time::Instant;
 
 use super::TokenError;
+use super::backoff::Backoff;
 use super::entra::IssuedToken;
 use super::federated::now_epoch;
 use super::secret::Secret;
-use crate::metrics::Metrics;
+use crate::telemetry::metrics::{Metrics, RefreshOutcome};
 
 /// Longest wait between two scans of the cache by the refresher.
 const MAX_TICK: Duration = Duration::from_secs(1);
 /// A key whose fetches keep failing and that nobody asks for is dropped after this long.
 const IDLE_WITHOUT_TOKEN: Duration = Duration::from_secs(60);
 /// Backoff of background renewals while Entra ID fails.
-const RENEW_BACKOFF_BASE: Duration = Duration::from_secs(1);
-const RENEW_BACKOFF_CAP: Duration = Duration::from_secs(30);
+const RENEW_BACKOFF: Backoff = Backoff {
+    base: Duration::from_secs(1),
+    cap: Duration::from_secs(30),
+};
 
 /// A token as the cache holds it; the protocol adapters render it.
 #[derive(Debug)]
 pub struct CachedToken {
-    pub access_token: Secret,
     /// The token as a JSON string literal (quoted, escaped), made once so that answers do not
     /// escape a kilobyte per request.
     pub access_token_json: Secret,
@@ -66,7 +72,6 @@ impl CachedToken {
             Secret::new(serde_json::to_string(t.access_token.expose()).unwrap_or_default());
         CachedToken {
             access_token_json,
-            access_token: t.access_token,
             expires_on: epoch + t.expires_in,
             ext_expires_on: epoch + t.ext_expires_in.unwrap_or(t.expires_in).max(t.expires_in),
             not_before: epoch,
@@ -308,7 +313,7 @@ impl Inner {
                     st.blocked = None;
                     drop(st);
                     if background {
-                        inner.metrics.refresh("success");
+                        inner.metrics.refresh(RefreshOutcome::Success);
                     }
                     inner.wake.notify_one();
                     Ok(token)
@@ -323,7 +328,9 @@ impl Inner {
                     {
                         st.blocked = Some((now + wait, e.clone()));
                     }
-                    let backoff = renew_backoff(st.failures).max(hinted.unwrap_or(Duration::ZERO));
+                    let backoff = RENEW_BACKOFF
+                        .delay(st.failures)
+                        .max(hinted.unwrap_or(Duration::ZERO));
                     st.retry_at = Some(now + backoff);
                     if background {
                         let left = entry
@@ -332,7 +339,7 @@ impl Inner {
                             .as_ref()
                             .map(|t| t.usable_until.saturating_duration_since(now));
                         drop(st);
-                        inner.metrics.refresh("failure");
+                        inner.metrics.refresh(RefreshOutcome::Failure);
                         tracing::warn!(
                             client_id = %entry.client_id,
                             scope = %entry.scope,
@@ -447,19 +454,12 @@ fn evict_lru(map: &mut Map, len: &AtomicUsize) {
     }
 }
 
-fn renew_backoff(failures: u32) -> Duration {
-    let exp = RENEW_BACKOFF_BASE
-        .saturating_mul(1u32 << failures.saturating_sub(1).min(16))
-        .min(RENEW_BACKOFF_CAP);
-    exp.mul_f64(rand::rng().random_range(0.5..=1.0))
-}
-
 async fn refresher(inner: Arc<Inner>) {
     loop {
         let notified = inner.wake.notified();
         let next = inner.tick(Instant::now());
         tokio::select! {
-            _ = tokio::time::sleep_until(next.into()) => {}
+            _ = tokio::time::sleep_until(next) => {}
             _ = notified => {}
         }
     }
@@ -511,7 +511,11 @@ mod tests {
         })
     }
 
-    #[tokio::test]
+    fn token_text(t: &CachedToken) -> String {
+        t.access_token_json.expose().trim_matches('"').to_string()
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn concurrent_misses_share_one_fetch() {
         let s = stub(3600, 50);
         let cache = Arc::new(TokenCache::new(s.clone(), 16, Arc::new(Metrics::new())));
@@ -519,9 +523,7 @@ mod tests {
         for _ in 0..100 {
             let c = Arc::clone(&cache);
             tasks.push(tokio::spawn(async move {
-                c.get("a", "s")
-                    .await
-                    .map(|(t, _)| t.access_token.expose().to_string())
+                c.get("a", "s").await.map(|(t, _)| token_text(&t))
             }));
         }
         for t in tasks {
@@ -531,7 +533,7 @@ mod tests {
         assert_eq!(cache.get("a", "s").await.expect("hit").1, Lookup::Hit);
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn errors_are_not_cached() {
         let s = stub(3600, 0);
         s.fail.store(true, Ordering::SeqCst);
@@ -542,31 +544,44 @@ mod tests {
         assert_eq!(s.calls.load(Ordering::SeqCst), 2);
     }
 
-    #[tokio::test]
-    async fn bounded_size_evicts_least_recently_used() {
+    #[tokio::test(start_paused = true)]
+    async fn a_full_cache_evicts_the_least_recently_used_key() {
         let s = stub(3600, 0);
         let cache = TokenCache::new(s.clone(), 2, Arc::new(Metrics::new()));
-        for scope in ["1", "2", "3"] {
-            cache.get("a", scope).await.expect("token");
-        }
+        let tick = || tokio::time::advance(Duration::from_millis(10));
+        cache.get("a", "1").await.expect("token");
+        tick().await;
+        cache.get("a", "2").await.expect("token");
+        tick().await;
+        // Key 1 is used again, so key 2 is now the least recently used.
+        cache.get("a", "1").await.expect("hit");
+        tick().await;
+        cache.get("a", "3").await.expect("token");
         assert_eq!(cache.len(), 2);
+        assert!(cache.try_hit("a", "2").is_none(), "key 2 was evicted");
+        assert!(cache.try_hit("a", "1").is_some(), "key 1 was kept");
+        assert!(cache.try_hit("a", "3").is_some(), "key 3 was added");
     }
 
-    #[tokio::test]
-    async fn refreshes_ahead_without_callers_waiting() {
+    #[tokio::test(start_paused = true)]
+    async fn tokens_are_renewed_at_half_life_without_callers_waiting() {
         let s = stub(2, 0);
         let cache = TokenCache::new(s.clone(), 16, Arc::new(Metrics::new()));
         let (first, _) = cache.get("a", "s").await.expect("token");
-        tokio::time::sleep(Duration::from_millis(1300)).await;
+        tokio::time::sleep(Duration::from_millis(900)).await;
+        assert_eq!(
+            s.calls.load(Ordering::SeqCst),
+            1,
+            "not renewed before half-life"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(s.calls.load(Ordering::SeqCst), 2, "renewed at half-life");
         let (second, how) = cache.get("a", "s").await.expect("token");
         assert_eq!(how, Lookup::Hit);
-        assert_ne!(
-            first.access_token, second.access_token,
-            "refreshed in the background at half-life"
-        );
+        assert_ne!(token_text(&first), token_text(&second));
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn keys_nobody_asks_for_stop_refreshing_and_are_dropped() {
         let s = stub(1, 0);
         let cache = TokenCache::new(s.clone(), 16, Arc::new(Metrics::new()));
@@ -578,7 +593,7 @@ mod tests {
             calls <= 2,
             "at most one renewal after the last use: {calls}"
         );
-        tokio::time::sleep(Duration::from_millis(1000)).await;
+        tokio::time::sleep(Duration::from_secs(10)).await;
         assert_eq!(
             s.calls.load(Ordering::SeqCst),
             calls,

@@ -1,5 +1,5 @@
 //! The Entra ID client: exchanges the federated token for an access token with the
-//! client-credentials grant and a jwt-bearer `client_assertion` (protocols.md §9.1).
+//! client-credentials grant and a jwt-bearer `client_assertion` (docs/protocols.md#entra-request).
 //!
 //! Transient failures (connection errors, timeouts, 429, 5xx) are retried with exponential
 //! backoff and jitter, honouring `Retry-After`, bounded both in attempts and in total time; other
@@ -9,17 +9,20 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rand::Rng as _;
 use reqwest::Url;
 use serde::Deserialize;
 
+use super::backoff::Backoff;
 use super::secret::Secret;
-use crate::metrics::Metrics;
+use crate::telemetry::metrics::{EntraOutcome, Metrics};
 
 const CLIENT_ASSERTION_TYPE: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
 const MAX_ATTEMPTS: u32 = 4;
-const BACKOFF_BASE: Duration = Duration::from_millis(400);
-const BACKOFF_CAP: Duration = Duration::from_secs(8);
+/// Between attempts of one exchange.
+const BACKOFF: Backoff = Backoff {
+    base: Duration::from_millis(400),
+    cap: Duration::from_secs(8),
+};
 /// Used when a 429 or 503 says to wait but not how long.
 const DEFAULT_RETRY_AFTER: Duration = Duration::from_secs(5);
 const MAX_ERROR_TEXT: usize = 2048;
@@ -98,10 +101,6 @@ impl EntraClient {
         })
     }
 
-    pub fn token_url(&self) -> &Url {
-        &self.token_url
-    }
-
     /// Exchanges `assertion` for a token for `scope`, retrying transient failures within the
     /// budget. Never logs the assertion or the token.
     pub async fn exchange(
@@ -121,11 +120,11 @@ impl EntraClient {
                 .observe(started.elapsed().as_secs_f64());
             let (err, wait) = match result {
                 Ok(t) => {
-                    self.metrics.entra_call("success");
+                    self.metrics.entra_call(EntraOutcome::Success);
                     return Ok(t);
                 }
                 Err(Attempt::Final(e)) => {
-                    self.metrics.entra_call("rejected");
+                    self.metrics.entra_call(EntraOutcome::Rejected);
                     return Err(e);
                 }
                 Err(Attempt::Retry {
@@ -134,7 +133,7 @@ impl EntraClient {
                     outcome,
                 }) => {
                     self.metrics.entra_call(outcome);
-                    let wait = retry_after.unwrap_or_else(|| backoff(attempt));
+                    let wait = retry_after.unwrap_or_else(|| BACKOFF.delay(attempt));
                     (err, wait)
                 }
             };
@@ -167,7 +166,7 @@ impl EntraClient {
         scope: &str,
         assertion: &Secret,
     ) -> Result<IssuedToken, Attempt> {
-        // Exactly the fields the SDKs send (protocols.md §9.1), in their order.
+        // Exactly the fields the SDKs send (docs/protocols.md#entra-request), in their order.
         let form = [
             ("client_assertion", assertion.expose()),
             ("client_assertion_type", CLIENT_ASSERTION_TYPE),
@@ -186,7 +185,7 @@ impl EntraClient {
             Err(e) => {
                 let (outcome, what) = if e.is_timeout() {
                     (
-                        "timeout",
+                        EntraOutcome::Timeout,
                         format!(
                             "no answer from {} within {:?}",
                             host(&self.token_url),
@@ -195,7 +194,7 @@ impl EntraClient {
                     )
                 } else {
                     (
-                        "connect_error",
+                        EntraOutcome::ConnectError,
                         format!(
                             "cannot reach {}: {}",
                             host(&self.token_url),
@@ -229,9 +228,9 @@ impl EntraClient {
                     },
                     retry_after: None,
                     outcome: if e.is_timeout() {
-                        "timeout"
+                        EntraOutcome::Timeout
                     } else {
-                        "connect_error"
+                        EntraOutcome::ConnectError
                     },
                 });
             }
@@ -242,7 +241,7 @@ impl EntraClient {
                         retry_after: None,
                     },
                     retry_after: None,
-                    outcome: "timeout",
+                    outcome: EntraOutcome::Timeout,
                 });
             }
         };
@@ -253,7 +252,7 @@ impl EntraClient {
                     retry_after: None,
                 },
                 retry_after: None,
-                outcome: "bad_response",
+                outcome: EntraOutcome::BadResponse,
             });
         }
         let parsed = parse_error(&body);
@@ -265,7 +264,7 @@ impl EntraClient {
                     description: parsed.description,
                 },
                 retry_after: Some(wait),
-                outcome: "throttled",
+                outcome: EntraOutcome::Throttled,
             });
         }
         if status.is_server_error() || status.as_u16() == 408 {
@@ -275,7 +274,7 @@ impl EntraClient {
                     retry_after,
                 },
                 retry_after,
-                outcome: "server_error",
+                outcome: EntraOutcome::ServerError,
             });
         }
         Err(Attempt::Final(EntraError::Rejected {
@@ -292,17 +291,8 @@ enum Attempt {
     Retry {
         err: EntraError,
         retry_after: Option<Duration>,
-        outcome: &'static str,
+        outcome: EntraOutcome,
     },
-}
-
-/// Exponential backoff with jitter: 50-100 % of `base * 2^(attempt-1)`, capped.
-fn backoff(attempt: u32) -> Duration {
-    let exp = BACKOFF_BASE
-        .saturating_mul(1u32 << attempt.saturating_sub(1).min(16))
-        .min(BACKOFF_CAP);
-    let factor = rand::rng().random_range(0.5..=1.0);
-    exp.mul_f64(factor)
 }
 
 /// `Retry-After` as delta-seconds, or an HTTP date.
@@ -510,12 +500,19 @@ fn add_pem_file(roots: &mut rustls::RootCertStore, path: &Path) -> Result<usize,
 }
 
 /// `scope` for a v1 `resource`: append `/.default` unless present, never trimming a slash
-/// (`https://management.core.windows.net/` becomes `...net//.default`, protocols.md §9.3).
+/// (`https://management.core.windows.net/` becomes `...net//.default`,
+/// docs/protocols.md#entra-scope).
 pub fn scope_for(resource: &str) -> String {
-    if resource.ends_with("/.default") {
-        resource.to_string()
-    } else {
-        format!("{resource}/.default")
+    let mut scope = String::with_capacity(resource.len() + 9);
+    push_scope(&mut scope, resource);
+    scope
+}
+
+/// Appends the scope for `resource` to `buf` (the rule of [`scope_for`], for a reused buffer).
+pub fn push_scope(buf: &mut String, resource: &str) {
+    buf.push_str(resource);
+    if !resource.ends_with("/.default") {
+        buf.push_str("/.default");
     }
 }
 
@@ -563,11 +560,5 @@ mod tests {
             Some(Duration::ZERO)
         );
         assert_eq!(parse_retry_after("soon"), None);
-    }
-
-    #[test]
-    fn backoff_grows_and_is_capped() {
-        assert!(backoff(1) <= BACKOFF_BASE && backoff(1) >= BACKOFF_BASE / 2);
-        assert!(backoff(30) <= BACKOFF_CAP);
     }
 }

@@ -10,11 +10,11 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use base64::Engine as _;
 use notify::Watcher as _;
 use serde::Deserialize;
 use tokio::sync::mpsc;
 
+use super::jwt;
 use super::secret::Secret;
 
 /// How long before its `exp` a federated token counts as "close to expiry" and is re-read from
@@ -291,20 +291,11 @@ enum Audience {
 
 /// Decodes the payload of a compact JWS without checking its signature. Requires `exp`.
 pub fn decode_claims(token: &str) -> Result<Claims, String> {
-    let mut parts = token.split('.');
-    let (Some(_header), Some(payload), Some(_sig), None) =
-        (parts.next(), parts.next(), parts.next(), parts.next())
-    else {
-        return Err("expected three dot-separated parts".into());
-    };
+    let parts = jwt::split(token)?;
     if token.bytes().any(|b| b.is_ascii_whitespace()) {
         return Err("contains whitespace inside the token".into());
     }
-    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(payload.trim_end_matches('='))
-        .map_err(|_| "payload is not base64url".to_string())?;
-    let raw: RawClaims = serde_json::from_slice(&bytes)
-        .map_err(|e| format!("payload is not a JSON object of claims: {e}"))?;
+    let raw: RawClaims = jwt::decode_part(parts.payload, "payload")?;
     let exp = raw
         .exp
         .and_then(|n| {
@@ -334,6 +325,7 @@ pub fn now_epoch() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use base64::Engine as _;
 
     fn jwt(claims: &str) -> String {
         let e = base64::engine::general_purpose::URL_SAFE_NO_PAD;

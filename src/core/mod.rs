@@ -3,10 +3,15 @@
 //!
 //! - [`federated`]: the federated-token file, watched and kept in memory;
 //! - [`entra`]: the Entra ID client (client credentials with a jwt-bearer assertion);
-//! - [`cache`]: per-key cache with single flight and refresh ahead.
+//! - [`cache`]: per-key cache with single flight and refresh ahead;
+//! - [`backoff`]: the retry backoff both of them use;
+//! - [`jwt`]: reading a JWT's parts without verifying it;
+//! - [`secret`]: values that never reach a log.
+pub mod backoff;
 pub mod cache;
 pub mod entra;
 pub mod federated;
+pub mod jwt;
 pub mod secret;
 
 use std::sync::Arc;
@@ -15,7 +20,7 @@ use std::time::Duration;
 use futures_util::FutureExt as _;
 use futures_util::future::BoxFuture;
 
-use crate::metrics::Metrics;
+use crate::telemetry::metrics::Metrics;
 use cache::{CachedToken, Fetch, Lookup, TokenCache};
 use entra::{EntraClient, EntraError, IssuedToken};
 use federated::{SourceError, TokenSource};
@@ -113,10 +118,7 @@ impl TokenService {
         // The hit path builds the scope in a reused buffer; only a miss allocates it.
         let hit = SCOPE.with_borrow_mut(|scope| {
             scope.clear();
-            scope.push_str(resource);
-            if !resource.ends_with("/.default") {
-                scope.push_str("/.default");
-            }
+            entra::push_scope(scope, resource);
             self.cache.try_hit(client_id, scope)
         });
         if let Some(t) = hit {
@@ -127,9 +129,5 @@ impl TokenService {
 
     pub fn source(&self) -> &Arc<TokenSource> {
         &self.source
-    }
-
-    pub fn cache(&self) -> &TokenCache {
-        &self.cache
     }
 }

@@ -55,7 +55,7 @@ pub(crate) fn tenant_keys(state: &State, tenant: &str, ids: &RequestIds) -> Http
 }
 
 /// `GET /common/discovery/instance?authorization_endpoint=…`: MSAL instance discovery, answered
-/// for this host (shape from protocols.md §9.2).
+/// for this host (shape from docs/protocols.md#entra-discovery).
 pub(crate) fn instance_discovery(
     state: &State,
     query: Option<&str>,

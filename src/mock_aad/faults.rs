@@ -29,7 +29,8 @@ pub enum FaultAction {
 impl FromStr for FaultAction {
     type Err = String;
 
-    /// `503` | `429` | `429:SECS` | `aadsts:CODE` | `delay:DURATION` (`500ms`, `2s`, or milliseconds).
+    /// `503` | `429` | `429:SECS` | `aadsts:CODE` | `delay:DURATION` (`500ms`, `2s`: the unit is
+    /// required, since a bare number here once meant milliseconds; see [`crate::duration`]).
     fn from_str(spec: &str) -> Result<Self, String> {
         let spec = spec.trim();
         let (kind, arg) = match spec.split_once(':') {
@@ -54,7 +55,9 @@ impl FromStr for FaultAction {
                 .parse()
                 .map(FaultAction::Aadsts)
                 .map_err(|_| bad()),
-            ("delay", Some(d)) => parse_duration(d).map(FaultAction::Delay).map_err(|_| bad()),
+            ("delay", Some(d)) => crate::duration::parse_with_unit(d)
+                .map(FaultAction::Delay)
+                .map_err(|e| format!("bad fault '{spec}': {e}")),
             _ => Err(bad()),
         }
     }
@@ -69,37 +72,6 @@ impl std::fmt::Display for FaultAction {
             FaultAction::Delay(d) => write!(f, "delay:{}ms", d.as_millis()),
         }
     }
-}
-
-/// Parses `1500`, `1500ms`, `90s`, `5m` or `1h` (a bare number is milliseconds).
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    parse_duration_with(text, 1)
-}
-
-/// Like [`parse_duration`], but a bare number is seconds (for lifetimes).
-pub fn parse_duration_secs(text: &str) -> Result<Duration, String> {
-    parse_duration_with(text, 1000)
-}
-
-fn parse_duration_with(text: &str, bare_ms: u64) -> Result<Duration, String> {
-    let text = text.trim();
-    let split = text
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(text.len());
-    let (digits, unit) = text.split_at(split);
-    let n: u64 = digits
-        .parse()
-        .map_err(|_| format!("bad duration '{text}'"))?;
-    let ms = match unit {
-        "" => n.checked_mul(bare_ms),
-        "ms" => Some(n),
-        "s" => n.checked_mul(1000),
-        "m" => n.checked_mul(60_000),
-        "h" => n.checked_mul(3_600_000),
-        _ => None,
-    };
-    ms.map(Duration::from_millis)
-        .ok_or_else(|| format!("bad duration '{text}'"))
 }
 
 /// A fault and how often it applies. With neither `times` nor `share` it applies to every request.
@@ -215,8 +187,14 @@ mod tests {
             Ok(FaultAction::Delay(Duration::from_secs(2)))
         );
         assert_eq!(
-            "delay:250".parse(),
+            "delay:250ms".parse(),
             Ok(FaultAction::Delay(Duration::from_millis(250)))
+        );
+        assert!(
+            "delay:250"
+                .parse::<FaultAction>()
+                .expect_err("a bare number is refused")
+                .contains("no unit")
         );
         assert!("404".parse::<FaultAction>().is_err());
         assert!("delay:soon".parse::<FaultAction>().is_err());

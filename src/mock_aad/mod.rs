@@ -19,13 +19,12 @@
 //! # Ok(()) }
 //! ```
 //!
-//! Layout: [`config`] (apps and defaults), `state` (shared state, counters), `server` (sockets,
-//! routes, admin), `token` (the token endpoint), `discovery` (metadata and keys), `errors`
-//! (Entra's error body), `keys` (RSA keys), `tls` (CA and certificate), [`faults`],
-//! [`federated`] (issuer tokens and the kubelet layout), `remote` (other issuers' keys),
-//! `command` (the subcommand).
+//! Layout: [`config`] (apps and defaults), `state` (shared state, counters, the request log),
+//! `server` (sockets, routes, admin), `token` (the token endpoint), `discovery` (metadata and
+//! keys), `errors` (Entra's error body), `keys` (RSA keys), `tls` (CA and certificate),
+//! [`faults`], [`federated`] (issuer tokens and the kubelet layout), `remote` (other issuers'
+//! keys). The `mock-aad` subcommand's flags and run live in [`crate::cmd::mock_aad`].
 
-mod command;
 pub mod config;
 mod discovery;
 mod errors;
@@ -45,7 +44,6 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
-pub use command::{MockAadArgs, run, run_blocking};
 pub use config::{
     AppRegistration, ClientSecret, DEFAULT_CLIENT_ID, DEFAULT_OBJECT_ID, DEFAULT_SUBJECT,
     DEFAULT_TENANT_ID, FederatedCredential, ISSUER_PATH, RegistryFile, TOKEN_EXCHANGE_AUDIENCE,
@@ -53,8 +51,7 @@ pub use config::{
 pub use errors::AadError;
 pub use faults::{Fault, FaultAction};
 pub use federated::{FederatedTokenMinter, FederatedTokenSpec, FederatedTokenWriter};
-pub use state::MockAadStats;
-pub use token::TokenRequestRecord;
+pub use state::{MockAadStats, TokenRequestRecord};
 
 /// Why the mock could not start (or a key operation failed).
 #[derive(Debug, thiserror::Error)]

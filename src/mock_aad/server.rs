@@ -272,10 +272,7 @@ async fn admin(
                 .get("sub")
                 .map(String::as_str)
                 .unwrap_or(super::config::DEFAULT_SUBJECT);
-            let lifetime = match params
-                .get("lifetime")
-                .map(|l| super::faults::parse_duration_secs(l))
-            {
+            let lifetime = match params.get("lifetime").map(|l| crate::duration::parse(l)) {
                 None => Duration::from_secs(3600),
                 Some(Ok(d)) => d,
                 Some(Err(e)) => return text_response(StatusCode::BAD_REQUEST, format!("{e}\n")),

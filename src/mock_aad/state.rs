@@ -1,4 +1,5 @@
-//! The mock's shared state: who is registered, the keys, the active fault and the counters.
+//! The mock's shared state: who is registered, the keys, the active fault, the counters and the
+//! log of token requests ([`TokenRequestRecord`]).
 //!
 //! Built once by [`super::start`] after the socket is bound (the URLs need the port) and shared by
 //! every connection behind an `Arc`. Nothing here changes after start except the fault and the
@@ -15,7 +16,6 @@ use super::config::{AppRegistration, FederatedCredential, SELF_ISSUER};
 use super::faults::FaultState;
 use super::keys::SigningKey;
 use super::remote::RemoteIssuers;
-use super::token::TokenRequestRecord;
 
 /// How many token requests [`State::record`] keeps (the oldest go first).
 const TOKEN_LOG_LEN: usize = 256;
@@ -171,4 +171,30 @@ pub struct MockAadStats {
     pub faults_injected: u64,
     /// Discovery, JWKS and issuer-document requests.
     pub discovery_requests: u64,
+}
+
+/// One token request as the mock saw it, for tests that check what a client sent. Holds no secret
+/// and no token: only the assertion's (unverified) subject.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct TokenRequestRecord {
+    /// Tenant segment of the URL.
+    pub tenant: String,
+    /// `client_id` (form or HTTP Basic).
+    pub client_id: Option<String>,
+    /// `scope` as sent.
+    pub scope: Option<String>,
+    /// `grant_type` as sent.
+    pub grant_type: Option<String>,
+    /// `client_assertion`, `client_secret` or `none`.
+    pub credential: &'static str,
+    /// `sub` of the assertion, read without verification.
+    pub assertion_subject: Option<String>,
+    /// Whether the assertion arrived with surrounding whitespace (Python sends the file untrimmed).
+    pub assertion_untrimmed: bool,
+    /// HTTP status answered.
+    pub status: u16,
+    /// AADSTS code of an error answer.
+    pub error_code: Option<u32>,
+    /// `correlation_id` of the answer (the client's request id when it sent one).
+    pub correlation_id: String,
 }

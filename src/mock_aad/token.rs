@@ -18,7 +18,7 @@ use serde::Serialize;
 use subtle::ConstantTimeEq;
 
 use super::errors::{AadError, HttpResponse, RequestIds, entra_timestamp, json_response};
-use super::state::{Counters, RegisteredApp, State};
+use super::state::{Counters, RegisteredApp, State, TokenRequestRecord};
 
 const JWT_BEARER: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
 const WIF_DOCS: &str =
@@ -67,32 +67,6 @@ impl BasicCredentials {
             secret: unescape(secret),
         })
     }
-}
-
-/// One token request as the mock saw it, for tests that check what a client sent. Holds no secret
-/// and no token: only the assertion's (unverified) subject.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct TokenRequestRecord {
-    /// Tenant segment of the URL.
-    pub tenant: String,
-    /// `client_id` (form or HTTP Basic).
-    pub client_id: Option<String>,
-    /// `scope` as sent.
-    pub scope: Option<String>,
-    /// `grant_type` as sent.
-    pub grant_type: Option<String>,
-    /// `client_assertion`, `client_secret` or `none`.
-    pub credential: &'static str,
-    /// `sub` of the assertion, read without verification.
-    pub assertion_subject: Option<String>,
-    /// Whether the assertion arrived with surrounding whitespace (Python sends the file untrimmed).
-    pub assertion_untrimmed: bool,
-    /// HTTP status answered.
-    pub status: u16,
-    /// AADSTS code of an error answer.
-    pub error_code: Option<u32>,
-    /// `correlation_id` of the answer (the client's request id when it sent one).
-    pub correlation_id: String,
 }
 
 type Form = HashMap<String, String>;

@@ -5,7 +5,7 @@
 //!   (Python aio).
 //! - **2017-09-01** (`MSI_ENDPOINT` + `MSI_SECRET`): secret in `secret`, selector `clientid`.
 //!   `expires_on` is an epoch string here too: the old date format breaks current Python and JS
-//!   SDKs (protocols.md §4).
+//!   SDKs (docs/protocols.md#app-service-2017-09-01).
 //!
 //! The secret is compared in constant time. Errors carry both App Service's `statusCode`/`message`
 //! and the OAuth `error`/`error_description`, so every SDK's parser finds its fields.
@@ -14,8 +14,8 @@ use std::borrow::Cow;
 use http::{HeaderMap, StatusCode};
 use serde::Serialize;
 
-use super::{HttpError, JsonObject, Query, TokenRequest};
-use crate::config::ServeConfig;
+use super::{Flavor, FlavorName, HttpError, JsonObject, Query, TokenRequest};
+use crate::config::Policy;
 use crate::core::cache::CachedToken;
 
 pub const PATH: &str = "/msi/token";
@@ -38,10 +38,10 @@ pub enum Version {
 }
 
 impl Version {
-    pub fn name(self) -> &'static str {
+    pub fn name(self) -> FlavorName {
         match self {
-            Version::V2019 => "app-service-2019-08-01",
-            Version::V2017 => "app-service-2017-09-01",
+            Version::V2019 => FlavorName::AppService2019,
+            Version::V2017 => FlavorName::AppService2017,
         }
     }
 
@@ -50,6 +50,39 @@ impl Version {
             Version::V2019 => "x-identity-header",
             Version::V2017 => "secret",
         }
+    }
+}
+
+/// The App Service flavor (both versions) for the server's token handler.
+pub struct AppService;
+
+impl Flavor for AppService {
+    type Version = Version;
+    const NAME: FlavorName = FlavorName::AppService;
+
+    fn version(query: Option<&str>) -> Result<Version, HttpError> {
+        version(query)
+    }
+
+    fn name(version: Version) -> FlavorName {
+        version.name()
+    }
+
+    fn parse<'a>(
+        version: Version,
+        headers: &HeaderMap,
+        query: Option<&'a str>,
+        policy: &'a Policy,
+    ) -> Result<TokenRequest<'a>, HttpError> {
+        parse(version, headers, query, policy)
+    }
+
+    fn render(version: Version, token: &CachedToken, req: &TokenRequest) -> Vec<u8> {
+        render(version, token, req)
+    }
+
+    fn render_error(e: &HttpError) -> Vec<u8> {
+        render_error(e)
     }
 }
 
@@ -78,9 +111,9 @@ pub fn parse<'a>(
     version: Version,
     headers: &HeaderMap,
     query: Option<&'a str>,
-    cfg: &'a ServeConfig,
+    policy: &'a Policy,
 ) -> Result<TokenRequest<'a>, HttpError> {
-    let Some(secret) = &cfg.identity_header else {
+    let Some(secret) = &policy.identity_header else {
         return Err(unauthorized(
             "The App Service endpoint is disabled: start identity-sidecar with --identity-header or IDENTITY_HEADER".into(),
         ));
@@ -100,12 +133,12 @@ pub fn parse<'a>(
         Some(_) => {}
     }
     let q = Query::parse(query)?;
-    let resource = q.resource(cfg)?;
+    let resource = q.resource(policy)?;
     let selectors = match version {
         Version::V2019 => SELECTORS_2019,
         Version::V2017 => SELECTORS_2017,
     };
-    let client_id = q.identity(selectors, cfg)?;
+    let client_id = q.identity(selectors, policy)?;
     Ok(TokenRequest {
         client_id,
         resource,
@@ -124,7 +157,7 @@ fn unauthorized(description: String) -> HttpError {
 pub fn render(version: Version, t: &CachedToken, req: &TokenRequest) -> Vec<u8> {
     let body = JsonObject::with_capacity(t.access_token_json.expose().len() + 200)
         .raw("access_token", t.access_token_json.expose())
-        // A string: the Rust SDK fails on a JSON number (protocols.md §3).
+        // A string: the Rust SDK fails on a number (docs/protocols.md#app-service-2019-08-01).
         .num_str("expires_on", t.expires_on)
         .str("resource", &req.resource)
         .str("token_type", "Bearer");

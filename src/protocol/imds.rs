@@ -1,22 +1,26 @@
 //! Azure IMDS flavor: `GET /metadata/identity/oauth2/token`.
 //!
-//! Rules of real IMDS we keep (protocols.md §2): `Metadata: true` required (probes without it get
-//! a fast 400 with IMDS's wording, never a token and never a 403 "unreachable"); any
-//! `X-Forwarded-For` is refused; `api-version` >= 2018-02-01; every JSON value is a string
-//! (ODBC/JDBC and the Rust SDK break on numbers, azure-workload-identity#593).
+//! Rules of real IMDS we keep:
+//! - `Metadata: true` required: probes without it get a fast 400 with IMDS's wording, never a
+//!   token and never a 403 "unreachable" (docs/protocols.md#imds-probes);
+//! - any `X-Forwarded-For` is refused; `api-version` >= 2018-02-01
+//!   (docs/protocols.md#imds-request);
+//! - every JSON value is a string: ODBC/JDBC and the Rust SDK break on numbers
+//!   (docs/protocols.md#imds-response).
 use std::borrow::Cow;
 
 use http::{HeaderMap, StatusCode};
 use serde::Serialize;
 
-use super::{HttpError, JsonObject, Query, TokenRequest};
-use crate::config::ServeConfig;
+use super::{Flavor, FlavorName, HttpError, JsonObject, Query, TokenRequest};
+use crate::config::Policy;
 use crate::core::cache::CachedToken;
 
 /// The path, after [`super::normalize_path`]; `metadata` matches in any case, as on real IMDS.
 pub const PATH: &str = "/metadata/identity/oauth2/token";
 
-/// Selectors of a user-assigned identity that IMDS clients send (protocols.md §2.2).
+/// Selectors of a user-assigned identity that IMDS clients send
+/// (docs/protocols.md#imds-identity-selectors).
 const SELECTORS: &[&str] = &[
     "client_id",
     "object_id",
@@ -38,10 +42,44 @@ pub fn is_other_metadata(path: &str) -> bool {
         && (path.len() == 9 || path.as_bytes()[9] == b'/')
 }
 
+/// The IMDS flavor for the server's token handler.
+pub struct Imds;
+
+impl Flavor for Imds {
+    type Version = ();
+    const NAME: FlavorName = FlavorName::Imds;
+
+    /// Checked in [`parse`], after the `Metadata` header, as real IMDS does.
+    fn version(_query: Option<&str>) -> Result<(), HttpError> {
+        Ok(())
+    }
+
+    fn name(_version: ()) -> FlavorName {
+        FlavorName::Imds
+    }
+
+    fn parse<'a>(
+        _version: (),
+        headers: &HeaderMap,
+        query: Option<&'a str>,
+        policy: &'a Policy,
+    ) -> Result<TokenRequest<'a>, HttpError> {
+        parse(headers, query, policy)
+    }
+
+    fn render(_version: (), token: &CachedToken, req: &TokenRequest) -> Vec<u8> {
+        render(token, req)
+    }
+
+    fn render_error(e: &HttpError) -> Vec<u8> {
+        render_error(e)
+    }
+}
+
 pub fn parse<'a>(
     headers: &HeaderMap,
     query: Option<&'a str>,
-    cfg: &'a ServeConfig,
+    policy: &'a Policy,
 ) -> Result<TokenRequest<'a>, HttpError> {
     let metadata = headers.get("metadata").and_then(|v| v.to_str().ok());
     if !metadata.is_some_and(|v| v.trim().eq_ignore_ascii_case("true")) {
@@ -61,8 +99,8 @@ pub fn parse<'a>(
             "api-version '{version}' is not supported; use 2018-02-01 or later"
         )));
     }
-    let resource = q.resource(cfg)?;
-    let client_id = q.identity(SELECTORS, cfg)?;
+    let resource = q.resource(policy)?;
+    let client_id = q.identity(SELECTORS, policy)?;
     Ok(TokenRequest {
         client_id,
         resource,
@@ -83,7 +121,8 @@ fn version_at_least(v: &str, min: &str) -> bool {
     well_formed && date >= min
 }
 
-/// The success body: real IMDS's field set and order, all strings, `expires_in` counted from now.
+/// The success body: real IMDS's field set and order, all strings, `expires_in` counted from now
+/// (docs/protocols.md#imds-response).
 pub fn render(t: &CachedToken, req: &TokenRequest) -> Vec<u8> {
     JsonObject::with_capacity(t.access_token_json.expose().len() + 320)
         .raw("access_token", t.access_token_json.expose())

@@ -5,8 +5,10 @@
 //! - [`app_service`]: App Service / Container Apps, 2019-08-01 (`X-IDENTITY-HEADER`) and the
 //!   older 2017-09-01 (`secret`), on `/msi/token`.
 //!
-//! What they share lives here: query parsing, identity selection, resource rules, and the map
-//! from core errors to HTTP statuses (never 410: SDKs wait 70-80 s on it, protocols.md §2.5).
+//! What they share lives here: the [`Flavor`] trait the server's one token handler is generic
+//! over, query parsing, identity selection and resource rules (against the [`Policy`], never the
+//! whole configuration), and the map from core errors to HTTP statuses (never 410: SDKs wait
+//! 70-80 s on it, docs/protocols.md#errors).
 pub mod app_service;
 pub mod imds;
 
@@ -14,9 +16,54 @@ use std::borrow::Cow;
 
 use http::StatusCode;
 
-use crate::config::ServeConfig;
+use http::HeaderMap;
+
+use crate::config::Policy;
 use crate::core::TokenError;
+use crate::core::cache::CachedToken;
 use crate::core::entra::EntraError;
+
+/// A managed-identity protocol as the server's one token handler sees it: decide the version
+/// (before anything else, so errors use its wording), parse and check the request against the
+/// [`Policy`], render the token or the error in the shape its clients parse.
+pub trait Flavor {
+    /// What the request says about its protocol version (`()` where there is only one).
+    type Version: Copy;
+    /// The flavor's name in the access log before its version is known.
+    const NAME: FlavorName;
+    fn version(query: Option<&str>) -> Result<Self::Version, HttpError>;
+    /// The flavor's name in the access log once its version is known.
+    fn name(version: Self::Version) -> FlavorName;
+    fn parse<'a>(
+        version: Self::Version,
+        headers: &HeaderMap,
+        query: Option<&'a str>,
+        policy: &'a Policy,
+    ) -> Result<TokenRequest<'a>, HttpError>;
+    fn render(version: Self::Version, token: &CachedToken, req: &TokenRequest) -> Vec<u8>;
+    fn render_error(e: &HttpError) -> Vec<u8>;
+}
+
+/// The protocol a token request spoke, as the access log names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FlavorName {
+    Imds,
+    /// App Service, before the request's `api-version` is known.
+    AppService,
+    AppService2019,
+    AppService2017,
+}
+
+impl FlavorName {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FlavorName::Imds => "imds",
+            FlavorName::AppService => "app-service",
+            FlavorName::AppService2019 => "app-service-2019-08-01",
+            FlavorName::AppService2017 => "app-service-2017-09-01",
+        }
+    }
+}
 
 /// What every flavor asks of the core.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -95,7 +142,7 @@ impl HttpError {
 
 /// A query string, decoded on demand (`application/x-www-form-urlencoded` rules: `+` is a space,
 /// `%XX` an escape; Python SDKs send values unencoded). Repeated keys are refused, as real IMDS
-/// does. Nothing is allocated unless a value is encoded.
+/// does (docs/protocols.md#imds-request). Nothing is allocated unless a value is encoded.
 pub struct Query<'a> {
     raw: &'a str,
 }
@@ -152,14 +199,14 @@ impl<'a> Query<'a> {
     }
 
     /// `resource`, checked against `--allowed-resources`.
-    pub fn resource(&self, cfg: &ServeConfig) -> Result<Cow<'a, str>, HttpError> {
+    pub fn resource(&self, policy: &Policy) -> Result<Cow<'a, str>, HttpError> {
         let r = self.get("resource").ok_or_else(|| {
             HttpError::bad_request("Required query variable 'resource' is missing")
         })?;
-        if !cfg.allowed_resources.is_empty()
-            && !cfg.allowed_resources.iter().any(|rule| rule.matches(&r))
+        if !policy.allowed_resources.is_empty()
+            && !policy.allowed_resources.iter().any(|rule| rule.matches(&r))
         {
-            let rules: Vec<String> = cfg
+            let rules: Vec<String> = policy
                 .allowed_resources
                 .iter()
                 .map(ToString::to_string)
@@ -183,13 +230,17 @@ impl<'a> Query<'a> {
     pub fn identity<'c>(
         &self,
         selectors: &[&str],
-        cfg: &'c ServeConfig,
+        policy: &'c Policy,
     ) -> Result<&'c str, HttpError> {
         let mut given = selectors
             .iter()
             .filter_map(|s| self.get(s).map(|v| (*s, v)));
         let Some((_, value)) = given.next() else {
-            return Ok(&cfg.allowed_client_ids[0]);
+            return policy
+                .allowed_client_ids
+                .first()
+                .map(String::as_str)
+                .ok_or_else(HttpError::identity_not_found);
         };
         if let Some((second, _)) = given.next() {
             return Err(HttpError::bad_request(format!(
@@ -197,7 +248,8 @@ impl<'a> Query<'a> {
             )));
         }
         let wanted = value.trim().trim_start_matches('{').trim_end_matches('}');
-        cfg.allowed_client_ids
+        policy
+            .allowed_client_ids
             .iter()
             .find(|id| id.eq_ignore_ascii_case(wanted))
             .map(String::as_str)
@@ -260,7 +312,8 @@ impl JsonObject {
 }
 
 /// Normalises a request path for routing: repeated slashes collapse (Java sends
-/// `//metadata/...`) and one trailing slash is ignored (the JS SDK sends `.../token/`).
+/// `//metadata/...`) and one trailing slash is ignored (the JS SDK sends `.../token/`;
+/// docs/protocols.md#imds-path).
 pub fn normalize_path(path: &str) -> Cow<'_, str> {
     let needs_work = path.contains("//") || (path.len() > 1 && path.ends_with('/'));
     if !needs_work {

@@ -12,8 +12,10 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
-use identity_sidecar::config::ServeArgs;
-use identity_sidecar::server::{self, Running};
+use identity_sidecar::cmd::flags;
+use identity_sidecar::cmd::serve::{self, ServeArgs};
+use identity_sidecar::core::secret::Secret;
+use identity_sidecar::server::Running;
 
 pub const CLIENT_ID: &str = "11111111-1111-1111-1111-111111111111";
 pub const OTHER_CLIENT_ID: &str = "22222222-2222-2222-2222-222222222222";
@@ -60,17 +62,22 @@ pub fn kubelet_write(dir: &Path, token: &str) {
     }
 }
 
+/// A GUID flag value.
+pub fn guid(s: &str) -> uuid::Uuid {
+    flags::guid(s).expect("test GUID")
+}
+
 /// Arguments for an in-process sidecar against `authority`.
 pub fn args(authority: &str, token_file: &Path) -> ServeArgs {
     ServeArgs {
-        client_id: Some(CLIENT_ID.into()),
+        client_id: Some(guid(CLIENT_ID)),
         tenant_id: Some(TENANT_ID.into()),
         token_file: Some(token_file.to_path_buf()),
-        authority_host: Some(authority.into()),
-        listen: vec!["127.0.0.1:0".into()],
-        identity_header: Some(IDENTITY_HEADER.into()),
-        entra_timeout: Some("2s".into()),
-        entra_budget: Some("4s".into()),
+        authority_host: Some(flags::authority(authority).expect("test authority")),
+        listen: vec![Some("127.0.0.1:0".parse().expect("addr"))],
+        identity_header: Some(Secret::new(IDENTITY_HEADER)),
+        entra_timeout: Some(Duration::from_secs(2)),
+        entra_budget: Some(Duration::from_secs(4)),
         ..Default::default()
     }
 }
@@ -85,7 +92,7 @@ pub struct Sidecar {
 impl Sidecar {
     pub async fn start(args: ServeArgs) -> Sidecar {
         let cfg = args.validate().expect("valid test configuration");
-        let running = server::start(cfg).await.expect("sidecar starts");
+        let running = serve::start(&cfg).await.expect("sidecar starts");
         let addr = running.local_addrs()[0];
         Sidecar {
             running: Some(running),

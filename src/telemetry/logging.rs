@@ -6,11 +6,40 @@
 //! request path a short memcpy, not a syscall or a thread wake-up. A buffer over [`MAX_BUFFER`] is
 //! written at once by whoever fills it (bounded memory, back-pressure instead of loss). Keep the
 //! returned guard alive: dropping it flushes.
+//!
+//! [`init`] publishes the writer and the format as the process's log sink ([`sink`]), which the
+//! access log writes to directly; this module knows nothing of the access log.
 use std::io::{IsTerminal as _, Write};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::time::Duration;
 
-use crate::config::LogFormat;
+/// How log lines look.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LogFormat {
+    /// For people.
+    #[default]
+    Text,
+    /// For clusters: one JSON object per line.
+    Json,
+}
+
+impl LogFormat {
+    /// `text` or `json`; blank means `text`.
+    pub fn parse(text: &str) -> Result<LogFormat, String> {
+        match text.trim() {
+            "" | "text" => Ok(LogFormat::Text),
+            "json" => Ok(LogFormat::Json),
+            other => Err(format!("{other:?} is not one of: text, json")),
+        }
+    }
+}
+
+static SINK: OnceLock<(BatchWriter, LogFormat)> = OnceLock::new();
+
+/// The batching writer and format set up by [`init`]; `None` before (a library user, tests).
+pub fn sink() -> Option<&'static (BatchWriter, LogFormat)> {
+    SINK.get()
+}
 
 pub const FLUSH_INTERVAL: Duration = Duration::from_millis(50);
 pub const MAX_BUFFER: usize = 256 * 1024;
@@ -92,7 +121,7 @@ pub fn init(format: LogFormat) -> Option<Guard> {
     let ansi = std::io::stderr().is_terminal();
     let shared = Arc::new(Shared::default());
     let writer = BatchWriter(Arc::clone(&shared));
-    crate::access_log::install(writer.clone(), format);
+    let _ = SINK.set((writer.clone(), format));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(writer)

@@ -4,7 +4,16 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
-use base64::Engine as _;
+use crate::core::jwt;
+
+/// The protocol `token` speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Flavor {
+    /// IMDS: `GET /metadata/identity/oauth2/token` with `Metadata: true`.
+    Imds,
+    /// App Service 2019-08-01: `IDENTITY_ENDPOINT` with `X-IDENTITY-HEADER`.
+    AppService,
+}
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct TokenArgs {
@@ -17,8 +26,8 @@ pub struct TokenArgs {
     pub client_id: Option<String>,
 
     /// Protocol to speak. [default: app-service when IDENTITY_ENDPOINT is set, else imds]
-    #[arg(long, value_parser = ["imds", "app-service"])]
-    pub flavor: Option<String>,
+    #[arg(long, value_enum)]
+    pub flavor: Option<Flavor>,
 
     /// Endpoint base. [default: IDENTITY_ENDPOINT for app-service; AZURE_POD_IDENTITY_AUTHORITY_HOST
     /// or http://169.254.169.254 for imds]
@@ -39,13 +48,12 @@ pub struct TokenArgs {
 }
 
 pub fn run(args: TokenArgs) -> ExitCode {
-    let flavor = args.flavor.clone().unwrap_or_else(|| {
+    let flavor = args.flavor.unwrap_or_else(|| {
         if std::env::var_os("IDENTITY_ENDPOINT").is_some() {
-            "app-service"
+            Flavor::AppService
         } else {
-            "imds"
+            Flavor::Imds
         }
-        .into()
     });
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -54,7 +62,7 @@ pub fn run(args: TokenArgs) -> ExitCode {
         Ok(rt) => rt,
         Err(e) => return fail(&format!("cannot start the runtime: {e}")),
     };
-    let result = rt.block_on(fetch(&args, &flavor));
+    let result = rt.block_on(fetch(&args, flavor));
     let body = match result {
         Ok(b) => b,
         Err(msg) => return fail(&msg),
@@ -84,14 +92,14 @@ fn fail(msg: &str) -> ExitCode {
     ExitCode::FAILURE
 }
 
-async fn fetch(args: &TokenArgs, flavor: &str) -> Result<serde_json::Value, String> {
+async fn fetch(args: &TokenArgs, flavor: Flavor) -> Result<serde_json::Value, String> {
     let http = reqwest::Client::builder()
         .no_proxy()
         .timeout(Duration::from_secs(30))
         .build()
         .map_err(|e| format!("cannot create the HTTP client: {e}"))?;
     let mut query = vec![("resource", args.resource.clone())];
-    let request = if flavor == "app-service" {
+    let request = if flavor == Flavor::AppService {
         let endpoint = args
             .endpoint
             .clone()
@@ -159,15 +167,8 @@ async fn fetch(args: &TokenArgs, flavor: &str) -> Result<serde_json::Value, Stri
 
 /// Header and claims of a JWT, without verifying it.
 pub fn decode_jwt(token: &str) -> Result<serde_json::Value, String> {
-    let mut parts = token.split('.');
-    let (Some(h), Some(p), Some(_)) = (parts.next(), parts.next(), parts.next()) else {
-        return Err("not three dot-separated parts".into());
-    };
-    let dec = |s: &str| -> Result<serde_json::Value, String> {
-        let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
-            .decode(s.trim_end_matches('='))
-            .map_err(|e| e.to_string())?;
-        serde_json::from_slice(&bytes).map_err(|e| e.to_string())
-    };
-    Ok(serde_json::json!({ "header": dec(h)?, "claims": dec(p)? }))
+    let parts = jwt::split(token)?;
+    let header: serde_json::Value = jwt::decode_part(parts.header, "header")?;
+    let claims: serde_json::Value = jwt::decode_part(parts.payload, "payload")?;
+    Ok(serde_json::json!({ "header": header, "claims": claims }))
 }

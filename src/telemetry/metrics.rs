@@ -22,15 +22,86 @@ struct OutcomeLabels {
     outcome: &'static str,
 }
 
-const ENDPOINTS: [&str; 7] = [
-    "imds",
-    "app_service",
-    "healthz",
-    "readyz",
-    "metrics",
-    "imds_other",
-    "not_found",
-];
+/// The endpoints requests are counted by (the `endpoint` label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Endpoint {
+    Imds,
+    AppService,
+    Healthz,
+    Readyz,
+    Metrics,
+    /// `/metadata/...` paths other than the token.
+    ImdsOther,
+    NotFound,
+}
+
+impl Endpoint {
+    const ALL: [Endpoint; 7] = [
+        Endpoint::Imds,
+        Endpoint::AppService,
+        Endpoint::Healthz,
+        Endpoint::Readyz,
+        Endpoint::Metrics,
+        Endpoint::ImdsOther,
+        Endpoint::NotFound,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Endpoint::Imds => "imds",
+            Endpoint::AppService => "app_service",
+            Endpoint::Healthz => "healthz",
+            Endpoint::Readyz => "readyz",
+            Endpoint::Metrics => "metrics",
+            Endpoint::ImdsOther => "imds_other",
+            Endpoint::NotFound => "not_found",
+        }
+    }
+}
+
+/// How one call to Entra ID ended (the `outcome` label of `entra_requests`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EntraOutcome {
+    Success,
+    /// A final 4xx answer.
+    Rejected,
+    Throttled,
+    ServerError,
+    Timeout,
+    ConnectError,
+    /// A 200 without a usable token.
+    BadResponse,
+}
+
+impl EntraOutcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EntraOutcome::Success => "success",
+            EntraOutcome::Rejected => "rejected",
+            EntraOutcome::Throttled => "throttled",
+            EntraOutcome::ServerError => "server_error",
+            EntraOutcome::Timeout => "timeout",
+            EntraOutcome::ConnectError => "connect_error",
+            EntraOutcome::BadResponse => "bad_response",
+        }
+    }
+}
+
+/// How a background refresh ended (the `outcome` label of `background_refreshes`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RefreshOutcome {
+    Success,
+    Failure,
+}
+
+impl RefreshOutcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RefreshOutcome::Success => "success",
+            RefreshOutcome::Failure => "failure",
+        }
+    }
+}
 const STATUSES: [u16; 9] = [200, 400, 401, 404, 405, 429, 500, 502, 503];
 
 /// All counters of one sidecar process.
@@ -108,7 +179,7 @@ impl Metrics {
         Metrics {
             registry,
             requests,
-            request_slots: (0..ENDPOINTS.len() * STATUSES.len())
+            request_slots: (0..Endpoint::ALL.len() * STATUSES.len())
                 .map(|_| std::sync::OnceLock::new())
                 .collect(),
             cache_hits,
@@ -123,13 +194,11 @@ impl Metrics {
 
     /// Counts a request. The common (endpoint, status) pairs keep their counter handle, so the
     /// hot path skips the family's lock and label hashing.
-    pub fn request(&self, endpoint: &'static str, status: u16) {
-        let slot = ENDPOINTS
-            .iter()
-            .position(|e| *e == endpoint)
-            .zip(STATUSES.iter().position(|s| *s == status));
-        match slot {
-            Some((e, s)) => self.request_slots[e * STATUSES.len() + s]
+    pub fn request(&self, endpoint: Endpoint, status: u16) {
+        let e = endpoint as usize;
+        let endpoint = endpoint.as_str();
+        match STATUSES.iter().position(|s| *s == status) {
+            Some(s) => self.request_slots[e * STATUSES.len() + s]
                 .get_or_init(|| {
                     self.requests
                         .get_or_create(&RequestLabels { endpoint, status })
@@ -151,15 +220,19 @@ impl Metrics {
         };
     }
 
-    pub fn entra_call(&self, outcome: &'static str) {
+    pub fn entra_call(&self, outcome: EntraOutcome) {
         self.entra_calls
-            .get_or_create(&OutcomeLabels { outcome })
+            .get_or_create(&OutcomeLabels {
+                outcome: outcome.as_str(),
+            })
             .inc();
     }
 
-    pub fn refresh(&self, outcome: &'static str) {
+    pub fn refresh(&self, outcome: RefreshOutcome) {
         self.refreshes
-            .get_or_create(&OutcomeLabels { outcome })
+            .get_or_create(&OutcomeLabels {
+                outcome: outcome.as_str(),
+            })
             .inc();
     }
 
@@ -176,5 +249,29 @@ impl Metrics {
             out.clear();
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_endpoint_has_its_own_counter_slot() {
+        for (i, e) in Endpoint::ALL.iter().enumerate() {
+            assert_eq!(*e as usize, i, "{e:?}");
+        }
+        let m = Metrics::new();
+        m.request(Endpoint::Readyz, 503);
+        m.request(Endpoint::NotFound, 418);
+        let text = m.render(None);
+        assert!(
+            text.contains(r#"identity_sidecar_requests_total{endpoint="readyz",status="503"} 1"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"endpoint="not_found",status="418"} 1"#),
+            "{text}"
+        );
     }
 }

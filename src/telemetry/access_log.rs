@@ -3,21 +3,13 @@
 //!
 //! It is written on every request, so it skips `tracing`'s general-purpose formatter: the line is
 //! built in a reused per-thread buffer and handed to the batching log writer of
-//! [`crate::logging`]. `RUST_LOG` still governs it (it is an `info` event of target
+//! [`crate::telemetry::logging::sink`]. `RUST_LOG` still governs it (it is an `info` event of target
 //! `identity_sidecar::access`). Without that writer (a library user, tests) it falls back to a
 //! plain `tracing` event.
 use std::cell::RefCell;
 use std::io::Write as _;
-use std::sync::OnceLock;
 
-use crate::config::LogFormat;
-
-static SINK: OnceLock<(crate::logging::BatchWriter, LogFormat)> = OnceLock::new();
-
-/// Installs the writer; called once by [`crate::logging::init`].
-pub(crate) fn install(writer: crate::logging::BatchWriter, format: LogFormat) {
-    let _ = SINK.set((writer, format));
-}
+use crate::telemetry::logging::{self, LogFormat};
 
 /// One finished token request.
 pub struct Entry<'a> {
@@ -37,7 +29,7 @@ pub fn record(e: &Entry<'_>) {
     if !tracing::enabled!(target: "identity_sidecar::access", tracing::Level::INFO) {
         return;
     }
-    let Some((writer, format)) = SINK.get() else {
+    let Some((writer, format)) = logging::sink() else {
         tracing::info!(
             target: "identity_sidecar::access",
             flavor = e.flavor, client_id = e.client_id, resource = e.resource, status = e.status,
@@ -47,10 +39,7 @@ pub fn record(e: &Entry<'_>) {
     };
     BUF.with_borrow_mut(|buf| {
         buf.clear();
-        match format {
-            LogFormat::Json => json_line(buf, e),
-            LogFormat::Text => text_line(buf, e),
-        }
+        line(buf, e, *format);
         let mut w = writer.clone();
         let _ = w.write_all(buf);
     });
@@ -85,39 +74,51 @@ fn digits(buf: &mut Vec<u8>, mut n: u32, width: usize) {
     }
 }
 
-fn json_line(buf: &mut Vec<u8>, e: &Entry<'_>) {
-    buf.extend_from_slice(b"{\"timestamp\":\"");
-    timestamp(buf);
-    buf.extend_from_slice(b"\",\"level\":\"INFO\",\"message\":\"token request\",\"flavor\":");
-    json_str(buf, e.flavor);
-    buf.extend_from_slice(b",\"client_id\":");
-    json_str(buf, e.client_id);
-    buf.extend_from_slice(b",\"resource\":");
-    json_str(buf, e.resource);
-    let _ = write!(
-        buf,
-        ",\"status\":{},\"latency_ms\":{:.3},\"cache\":",
-        e.status, e.latency_ms
-    );
-    json_str(buf, e.cache);
-    buf.extend_from_slice(b"}\n");
+/// One line in `format`: the same fields in the same order as `tracing-subscriber` would write
+/// them, text or JSON.
+fn line(buf: &mut Vec<u8>, e: &Entry<'_>, format: LogFormat) {
+    let json = format == LogFormat::Json;
+    if json {
+        buf.extend_from_slice(b"{\"timestamp\":\"");
+        timestamp(buf);
+        buf.extend_from_slice(b"\",\"level\":\"INFO\",\"message\":\"token request\"");
+    } else {
+        timestamp(buf);
+        buf.extend_from_slice(b"  INFO token request");
+    }
+    // A string field (request input: escaped), or a number written as it is.
+    let text = |buf: &mut Vec<u8>, key: &str, value: &str| {
+        field_key(buf, key, json);
+        if json {
+            json_str(buf, value);
+        } else {
+            text_value(buf, value);
+        }
+    };
+    let number = |buf: &mut Vec<u8>, key: &str, value: std::fmt::Arguments<'_>| {
+        field_key(buf, key, json);
+        let _ = buf.write_fmt(value);
+    };
+    text(buf, "flavor", e.flavor);
+    text(buf, "client_id", e.client_id);
+    text(buf, "resource", e.resource);
+    number(buf, "status", format_args!("{}", e.status));
+    number(buf, "latency_ms", format_args!("{:.3}", e.latency_ms));
+    text(buf, "cache", e.cache);
+    buf.extend_from_slice(if json { b"}\n" } else { b"\n" });
 }
 
-fn text_line(buf: &mut Vec<u8>, e: &Entry<'_>) {
-    timestamp(buf);
-    buf.extend_from_slice(b"  INFO token request flavor=");
-    text_value(buf, e.flavor);
-    buf.extend_from_slice(b" client_id=");
-    text_value(buf, e.client_id);
-    buf.extend_from_slice(b" resource=");
-    text_value(buf, e.resource);
-    let _ = write!(
-        buf,
-        " status={} latency_ms={:.3} cache=",
-        e.status, e.latency_ms
-    );
-    text_value(buf, e.cache);
-    buf.push(b'\n');
+/// `,"key":` in JSON, ` key=` in text.
+fn field_key(buf: &mut Vec<u8>, key: &str, json: bool) {
+    if json {
+        buf.extend_from_slice(b",\"");
+        buf.extend_from_slice(key.as_bytes());
+        buf.extend_from_slice(b"\":");
+    } else {
+        buf.push(b' ');
+        buf.extend_from_slice(key.as_bytes());
+        buf.push(b'=');
+    }
 }
 
 fn json_str(buf: &mut Vec<u8>, s: &str) {
@@ -140,6 +141,10 @@ fn text_value(buf: &mut Vec<u8>, s: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn line_in(buf: &mut Vec<u8>, format: LogFormat, e: &Entry<'_>) {
+        line(buf, e, format);
+    }
 
     fn entry(resource: &str) -> Entry<'_> {
         Entry {
@@ -167,7 +172,7 @@ mod tests {
     #[test]
     fn json_lines_parse_and_escape_input() {
         let mut buf = Vec::new();
-        json_line(&mut buf, &entry("https://x\"\n{evil}"));
+        line_in(&mut buf, LogFormat::Json, &entry("https://x\"\n{evil}"));
         let v: serde_json::Value = serde_json::from_slice(&buf).expect("json");
         assert_eq!(v["resource"], "https://x\"\n{evil}");
         assert_eq!(v["status"], 200);
@@ -177,14 +182,18 @@ mod tests {
     #[test]
     fn text_lines_cannot_be_forged() {
         let mut buf = Vec::new();
-        text_line(&mut buf, &entry("https://vault.azure.net"));
+        line_in(&mut buf, LogFormat::Text, &entry("https://vault.azure.net"));
         let s = String::from_utf8(buf.clone()).expect("utf8");
         assert!(
             s.contains(" resource=https://vault.azure.net status=200 latency_ms=0.123 cache=hit\n"),
             "{s}"
         );
         buf.clear();
-        text_line(&mut buf, &entry("a\n2026-01-01T00:00:00Z  INFO forged"));
+        line_in(
+            &mut buf,
+            LogFormat::Text,
+            &entry("a\n2026-01-01T00:00:00Z  INFO forged"),
+        );
         assert_eq!(buf.iter().filter(|b| **b == b'\n').count(), 1);
     }
 }

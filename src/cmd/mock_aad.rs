@@ -5,9 +5,10 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use super::config::{AppRegistration, ClientSecret, FederatedCredential, RegistryFile};
-use super::faults::{Fault, FaultAction, parse_duration_secs};
-use super::{DEFAULT_SUBJECT, MockAadConfig};
+use crate::duration;
+use crate::mock_aad::config::{AppRegistration, ClientSecret, FederatedCredential, RegistryFile};
+use crate::mock_aad::faults::{Fault, FaultAction};
+use crate::mock_aad::{self, DEFAULT_SUBJECT, MockAadConfig};
 
 const AFTER_HELP: &str = "\
 NOT an identity provider: keys and CA are made fresh at every start, and it issues tokens to anyone
@@ -56,11 +57,11 @@ pub struct MockAadArgs {
     pub config: Option<PathBuf>,
 
     /// Tenant id of the default app.
-    #[arg(long, env = "MOCK_AAD_TENANT_ID", default_value = super::DEFAULT_TENANT_ID)]
+    #[arg(long, env = "MOCK_AAD_TENANT_ID", default_value = mock_aad::DEFAULT_TENANT_ID)]
     pub tenant_id: String,
 
     /// Client id of the default app.
-    #[arg(long, env = "MOCK_AAD_CLIENT_ID", default_value = super::DEFAULT_CLIENT_ID)]
+    #[arg(long, env = "MOCK_AAD_CLIENT_ID", default_value = mock_aad::DEFAULT_CLIENT_ID)]
     pub client_id: String,
 
     /// Federated-credential subject the default app trusts from the mock's issuer (repeatable)
@@ -76,8 +77,9 @@ pub struct MockAadArgs {
     #[arg(long, env = "MOCK_AAD_CLIENT_SECRET", hide_env_values = true)]
     pub client_secret: Option<String>,
 
-    /// Fixed lifetime of issued access tokens (e.g. 3600, 90m, 2h) [default: random 60-90 min].
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration_secs)]
+    /// Fixed lifetime of issued access tokens (e.g. 3600, 90m, 2h; a bare number is seconds)
+    /// [default: random 60-90 min].
+    #[arg(long, value_name = "DURATION", value_parser = duration::parse)]
     pub token_lifetime: Option<Duration>,
 
     /// Inject a fault into the token endpoint: 503, 429 (or 429:RETRY_AFTER_SECS), aadsts:CODE or delay:DURATION.
@@ -100,8 +102,14 @@ pub struct MockAadArgs {
     #[arg(long, default_value = DEFAULT_SUBJECT, value_name = "SUBJECT")]
     pub federated_token_subject: String,
 
-    /// Lifetime of the token written to --federated-token-dir (e.g. 3600, 10m, 1h).
-    #[arg(long, default_value = "1h", value_name = "DURATION", value_parser = parse_duration_secs)]
+    /// Lifetime of the token written to --federated-token-dir (e.g. 3600, 10m, 1h; a bare number
+    /// is seconds).
+    #[arg(
+        long,
+        default_value = "1h",
+        value_name = "DURATION",
+        value_parser = duration::parse
+    )]
     pub federated_token_lifetime: Duration,
 }
 
@@ -114,7 +122,7 @@ fn parse_share(text: &str) -> Result<f64, String> {
 
 impl MockAadArgs {
     /// The library configuration these flags describe.
-    pub fn to_config(&self) -> Result<MockAadConfig, super::MockAadError> {
+    pub fn to_config(&self) -> Result<MockAadConfig, mock_aad::MockAadError> {
         let file = match &self.config {
             Some(path) => RegistryFile::load(path)?,
             None => RegistryFile::default(),
@@ -210,7 +218,7 @@ pub async fn run(args: MockAadArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let mock = match super::start(config).await {
+    let mock = match mock_aad::start(config).await {
         Ok(mock) => mock,
         Err(e) => {
             eprintln!("mock-aad: {e}");

@@ -10,6 +10,9 @@ use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
+use super::flags::Checked;
+use crate::duration;
+
 /// Arguments of `identity-sidecar probe`.
 #[derive(Clone, Debug, clap::Args)]
 pub struct ProbeArgs {
@@ -19,12 +22,12 @@ pub struct ProbeArgs {
     /// Address of the sidecar. [default: the first of IDENTITY_SIDECAR_LISTEN, else 127.0.0.1:8000]
     #[arg(long, value_name = "ADDR")]
     pub addr: Option<String>,
-    /// Seconds one attempt may take.
-    #[arg(long, default_value_t = 2)]
-    pub timeout: u64,
-    /// Keep trying for up to this many seconds (0: one attempt).
-    #[arg(long, default_value_t = 0)]
-    pub wait: u64,
+    /// How long one attempt may take (a bare number is seconds; at least 1s is used for 0).
+    #[arg(long, default_value = "2", value_name = "DURATION", value_parser = Checked(duration::parse))]
+    pub timeout: Duration,
+    /// Keep trying for up to this long (a bare number is seconds; 0: one attempt).
+    #[arg(long, default_value = "0", value_name = "DURATION", value_parser = Checked(duration::parse))]
+    pub wait: Duration,
 }
 
 fn default_addr() -> String {
@@ -80,8 +83,12 @@ pub fn run(args: ProbeArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let timeout = Duration::from_secs(args.timeout.max(1));
-    let deadline = Instant::now() + Duration::from_secs(args.wait);
+    let timeout = if args.timeout.is_zero() {
+        Duration::from_secs(1)
+    } else {
+        args.timeout
+    };
+    let deadline = Instant::now() + args.wait;
     loop {
         let last = match get_status(&addr, &args.path, timeout) {
             Ok(200) => return ExitCode::SUCCESS,

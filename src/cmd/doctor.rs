@@ -1,0 +1,333 @@
+//! `identity-sidecar doctor`: checks a federation setup step by step with the same configuration
+//! as `serve` (flags or the webhook's environment) and explains each failure with its fix.
+//!
+//! Steps: configuration; the federated token (issuer, subject, audience, expiry); the authority's
+//! discovery document; one real token exchange. Exit 0 only when the exchange works.
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::serve::ServeArgs;
+use crate::config::ServeConfig;
+use crate::core::entra::{EntraClient, EntraError, error_chain};
+use crate::core::federated::{FederatedToken, SourceError, read_token};
+use crate::telemetry::metrics::Metrics;
+
+const EXCHANGE_AUDIENCE: &str = "api://AzureADTokenExchange";
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct DoctorArgs {
+    #[command(flatten)]
+    pub serve: ServeArgs,
+
+    /// Resource to request in the test exchange.
+    #[arg(long, default_value = "https://management.azure.com")]
+    pub resource: String,
+}
+
+struct Report {
+    failed: bool,
+}
+
+impl Report {
+    fn ok(&self, what: &str) {
+        println!("  ok    {what}");
+    }
+    fn warn(&self, what: &str) {
+        println!("  warn  {what}");
+    }
+    fn fail(&mut self, what: &str, fix: &str) {
+        self.failed = true;
+        println!("  FAIL  {what}");
+        for line in fix.lines() {
+            println!("        {line}");
+        }
+    }
+}
+
+const CONFIG_FIX: &str = "Set the flag or the variable; in a pod the Azure Workload Identity \
+                          webhook injects AZURE_CLIENT_ID, AZURE_TENANT_ID and \
+                          AZURE_FEDERATED_TOKEN_FILE.";
+
+/// Step 1 failed already while the flags were parsed: report it as the step's failure (exit 1).
+pub fn malformed_setting(e: &clap::Error) -> ExitCode {
+    let text = e.to_string();
+    let first = text.lines().next().unwrap_or_default();
+    let message = first.strip_prefix("error: ").unwrap_or(first);
+    let mut r = Report { failed: false };
+    println!("identity-sidecar doctor");
+    println!("1. configuration");
+    r.fail(message, CONFIG_FIX);
+    ExitCode::FAILURE
+}
+
+pub fn run(args: DoctorArgs) -> ExitCode {
+    let mut r = Report { failed: false };
+    println!("identity-sidecar doctor");
+    println!("1. configuration");
+    let cfg = match args.serve.validate() {
+        Ok(c) => {
+            r.ok(&format!(
+                "client id {}, tenant {}, authority {}",
+                c.client_id, c.tenant_id, c.authority
+            ));
+            c
+        }
+        Err(e) => {
+            r.fail(&e.to_string(), CONFIG_FIX);
+            return ExitCode::FAILURE;
+        }
+    };
+
+    println!("2. federated token ({})", cfg.token_file.display());
+    let token = match read_token(&cfg.token_file) {
+        Ok(t) => t,
+        Err(e) => {
+            r.fail(&e.to_string(), token_file_fix(&e));
+            return ExitCode::FAILURE;
+        }
+    };
+    let c = &token.claims;
+    let left = token.seconds_left();
+    println!("        issuer   {}", c.iss);
+    println!("        subject  {}", c.sub);
+    println!("        audience {}", c.aud.join(", "));
+    println!(
+        "        expires  {} ({})",
+        c.exp,
+        if left > 0 {
+            format!("in {left}s")
+        } else {
+            format!("{}s ago", -left)
+        }
+    );
+    if left <= 0 {
+        r.fail(
+            "the federated token has expired",
+            "Kubelet rotates projected tokens at 80% of their life; an expired file means it is \
+             no longer refreshed (a copied file? a stopped kubelet?).",
+        );
+        return ExitCode::FAILURE;
+    }
+    r.ok("the file holds an unexpired JWT");
+    if !c.aud.iter().any(|a| a == EXCHANGE_AUDIENCE) {
+        r.warn(&format!(
+            "audience is not {EXCHANGE_AUDIENCE}: Entra ID will refuse it unless the federated \
+             credential names this audience; set `audience: {EXCHANGE_AUDIENCE}` on the projected \
+             volume"
+        ));
+    }
+
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            r.fail(&format!("cannot start the runtime: {e}"), "");
+            return ExitCode::FAILURE;
+        }
+    };
+    rt.block_on(async {
+        check_authority(&mut r, &cfg).await;
+        if !r.failed {
+            check_exchange(&mut r, &cfg, &token, &args.resource).await;
+        }
+    });
+    if r.failed {
+        println!("\nnot working: fix the FAIL above and run doctor again");
+        ExitCode::FAILURE
+    } else {
+        println!("\nall good: identity-sidecar serve will work with this configuration");
+        ExitCode::SUCCESS
+    }
+}
+
+/// Step 3: the authority's discovery document for the tenant answers.
+async fn check_authority(r: &mut Report, cfg: &ServeConfig) {
+    println!("3. authority");
+    let discovery = cfg.authority.join(&format!(
+        "{}/v2.0/.well-known/openid-configuration",
+        cfg.tenant_id
+    ));
+    let http = crate::core::entra::tls_config(&cfg.extra_ca_files).and_then(|tls| {
+        reqwest::Client::builder()
+            .use_preconfigured_tls(tls)
+            .timeout(Duration::from_secs(10))
+            .build()
+            .map_err(|e| e.to_string())
+    });
+    let (url, http) = match (discovery, http) {
+        (Ok(url), Ok(http)) => (url, http),
+        (Err(e), _) => {
+            return r.fail(
+                &format!("bad authority URL: {e}"),
+                "Fix --authority-host / AZURE_AUTHORITY_HOST.",
+            );
+        }
+        (_, Err(e)) => {
+            return r.fail(
+                &format!("TLS setup failed: {e}"),
+                "Fix SSL_CERT_FILE or the system CA bundle.",
+            );
+        }
+    };
+    match http.get(url.clone()).send().await {
+        Ok(resp) if resp.status().is_success() => r.ok(&format!("{url} answers")),
+        Ok(resp) => {
+            let status = resp.status().as_u16();
+            let body = resp.text().await.unwrap_or_default();
+            if body.contains("90002") {
+                r.fail(
+                    &format!(
+                        "Entra ID does not know tenant {:?} (AADSTS90002)",
+                        cfg.tenant_id
+                    ),
+                    "Check --tenant-id / AZURE_TENANT_ID: use the directory (tenant) id of the \
+                     identity's tenant.",
+                );
+            } else {
+                r.warn(&format!(
+                    "{url} answered HTTP {status}; trying the exchange anyway"
+                ));
+            }
+        }
+        Err(e) => r.fail(
+            &format!("cannot reach {}: {}", cfg.authority, error_chain(&e)),
+            "Check DNS, egress NetworkPolicies and proxies (HTTPS_PROXY) from this pod to the \
+             authority; for a private CA set SSL_CERT_FILE.",
+        ),
+    }
+}
+
+/// Step 4: one real exchange of the federated token.
+async fn check_exchange(r: &mut Report, cfg: &ServeConfig, token: &FederatedToken, resource: &str) {
+    println!("4. token exchange (resource {resource})");
+    let entra = match EntraClient::new(
+        &cfg.authority,
+        &cfg.tenant_id,
+        cfg.entra_timeout,
+        cfg.entra_timeout,
+        &cfg.extra_ca_files,
+        Arc::new(Metrics::new()),
+    ) {
+        Ok(e) => e,
+        Err(e) => return r.fail(&e, ""),
+    };
+    let scope = crate::core::entra::scope_for(resource);
+    let c = &token.claims;
+    match entra.exchange(&cfg.client_id, &scope, &token.token).await {
+        Ok(t) => r.ok(&format!(
+            "Entra ID issued a token for {scope} (valid {}s)",
+            t.expires_in
+        )),
+        Err(e) => explain(r, &e, &cfg.client_id, &cfg.tenant_id, &c.iss, &c.sub),
+    }
+}
+
+fn explain(r: &mut Report, e: &EntraError, client_id: &str, tenant: &str, iss: &str, sub: &str) {
+    let EntraError::Rejected {
+        codes,
+        error,
+        description,
+        ..
+    } = e
+    else {
+        r.fail(
+            &e.to_string(),
+            "Entra ID did not answer usefully; check connectivity and retry later.",
+        );
+        return;
+    };
+    let code = codes
+        .first()
+        .copied()
+        .unwrap_or_else(|| aadsts(description));
+    let first_line = description.lines().next().unwrap_or(description);
+    let fix = match code {
+        70021 | 700211 | 700212 | 700213 | 7002138 => format!(
+            "No federated credential matches this token (AADSTS{code}).\n{}",
+            trust_commands(client_id, iss, sub)
+        ),
+        700024 => "The federated token is outside its valid time range: the file is stale or the \
+                   clocks disagree. Check that kubelet refreshes the projected volume and that the \
+                   node's clock is right."
+            .into(),
+        700016 => format!(
+            "Entra ID has no application {client_id} in tenant {tenant}: check --client-id / \
+             AZURE_CLIENT_ID (the identity's client id, not its object id) and --tenant-id."
+        ),
+        90002 => {
+            format!("Entra ID does not know tenant {tenant}: check --tenant-id / AZURE_TENANT_ID.")
+        }
+        50027 => {
+            "Entra ID says the token is not a valid JWT: the token file holds something other \
+                  than the projected service-account token."
+                .into()
+        }
+        50166 => format!(
+            "Entra ID could not fetch the issuer's discovery document or keys from {iss}: the \
+             cluster's OIDC issuer must be publicly reachable (AKS: --enable-oidc-issuer)."
+        ),
+        500011 | 70011 => {
+            "The resource or scope is not valid in this tenant: check the --resource value.".into()
+        }
+        _ => "See the AADSTS code in Entra ID's error reference.".into(),
+    };
+    r.fail(
+        &format!("Entra ID refused the exchange: {error}: {first_line}"),
+        &fix,
+    );
+}
+
+/// What Entra ID must trust, and the `az` commands that make it so.
+fn trust_commands(client_id: &str, iss: &str, sub: &str) -> String {
+    let aud = EXCHANGE_AUDIENCE;
+    format!(
+        "Entra ID must trust this issuer and subject for client id {client_id}:\n  \
+         issuer:   {iss}\n  subject:  {sub}\n  audience: {aud}\n\
+         For a user-assigned managed identity:\n  \
+         az identity federated-credential create --name identity-sidecar \\\n    \
+         --identity-name <IDENTITY-NAME> --resource-group <RESOURCE-GROUP> \\\n    \
+         --issuer '{iss}' --subject '{sub}' --audiences {aud}\n\
+         For an app registration:\n  \
+         az ad app federated-credential create --id {client_id} \\\n    \
+         --parameters '{{\"name\":\"identity-sidecar\",\"issuer\":\"{iss}\",\
+         \"subject\":\"{sub}\",\"audiences\":[\"{aud}\"]}}'"
+    )
+}
+
+/// The fix for an unusable federated-token file.
+fn token_file_fix(e: &SourceError) -> &'static str {
+    match e {
+        SourceError::Missing(_) => {
+            "The file is not there. Mount a projected serviceAccountToken volume (audience \
+             api://AzureADTokenExchange) into this container at that path, or point --token-file / \
+             AZURE_FEDERATED_TOKEN_FILE at it."
+        }
+        SourceError::Unreadable { .. } => {
+            "The file exists but cannot be read: check the container's runAsUser / fsGroup and the \
+             volume's defaultMode."
+        }
+        SourceError::Empty(_) | SourceError::Malformed { .. } => {
+            "The file must hold the service-account JWT that kubelet projects; it holds something \
+             else."
+        }
+        SourceError::Expired { .. } => {
+            "Kubelet rotates projected tokens at 80% of their life; an expired file means the \
+             volume is no longer refreshed (pod evicted? a copied file?)."
+        }
+    }
+}
+
+fn aadsts(description: &str) -> i64 {
+    description
+        .strip_prefix("AADSTS")
+        .map(|s| {
+            s.chars()
+                .take_while(char::is_ascii_digit)
+                .collect::<String>()
+        })
+        .and_then(|d| d.parse().ok())
+        .unwrap_or(0)
+}

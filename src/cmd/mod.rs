@@ -1,0 +1,71 @@
+//! The command line: one subcommand per job, one file per subcommand. Each file holds the
+//! subcommand's flags (parsed and checked by clap, so `--help` is the manual) and the code that
+//! runs it.
+pub mod dev;
+pub mod doctor;
+pub mod flags;
+pub mod init_network;
+pub mod mock_aad;
+pub mod probe;
+pub mod serve;
+pub mod token;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "identity-sidecar",
+    version,
+    about = "Azure managed-identity endpoints (IMDS, App Service) from a workload-identity federated token"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+#[allow(
+    clippy::large_enum_variant,
+    reason = "parsed once at start; boxing ServeArgs buys nothing"
+)]
+pub enum Command {
+    /// Run the whole chain locally with no cloud: mock Entra ID, rotating token file, and serve.
+    Dev(dev::DevArgs),
+    /// Serve managed-identity tokens exchanged from the federated token file.
+    Serve(serve::ServeArgs),
+    /// Send TCP to 169.254.169.254:80 to the sidecar (run by an init container with NET_ADMIN).
+    InitNetwork(init_network::InitNetworkArgs),
+    /// Exit 0 when the sidecar's /readyz (or another path) answers 200: for exec probes.
+    Probe(probe::ProbeArgs),
+    /// Fetch a token from a running sidecar (a curl for pods that have none).
+    Token(token::TokenArgs),
+    /// Check a federation setup step by step and explain what to fix.
+    Doctor(doctor::DoctorArgs),
+    /// Run a mock Entra ID and Kubernetes-like token issuer (development and tests only).
+    MockAad(mock_aad::MockAadArgs),
+}
+
+pub fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            // doctor explains a malformed setting like any other failed check, with its fix.
+            let doctor = std::env::args_os().nth(1).is_some_and(|a| a == "doctor");
+            if doctor && e.kind() == clap::error::ErrorKind::ValueValidation {
+                return doctor::malformed_setting(&e);
+            }
+            e.exit()
+        }
+    };
+    match cli.command {
+        Command::Dev(args) => dev::run(args),
+        Command::Serve(args) => serve::run(args),
+        Command::InitNetwork(args) => init_network::run(args),
+        Command::Probe(args) => probe::run(args),
+        Command::Token(args) => token::run(args),
+        Command::Doctor(args) => doctor::run(args),
+        Command::MockAad(args) => mock_aad::run_blocking(args),
+    }
+}
