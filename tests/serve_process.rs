@@ -229,7 +229,33 @@ async fn sigterm_lets_requests_in_flight_finish() {
                 .map(|r| r.status().as_u16())
         }));
     }
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    // SIGTERM once all 20 are inside the sidecar: each counts a cache miss on arrival, before it
+    // waits for the (1.5 s slow) Entra call, so the metric is the event to wait for.
+    let misses = |text: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix("identity_sidecar_cache_misses_total "))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let text = http
+            .get(format!("http://{addr}/metrics"))
+            .send()
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("metrics body");
+        if misses(&text) >= 20.0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the 20 requests never all arrived:\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     p.signal(libc::SIGTERM);
     for t in inflight {
         assert_eq!(t.await.expect("join").expect("no request dropped"), 200);
