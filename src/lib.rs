@@ -24,3 +24,4 @@ pub mod protocol;
 pub mod serve;
 pub mod server;
 pub mod token_cmd;
+pub mod webhook;
