@@ -456,7 +456,9 @@ async fn admit(state: &State, review: &review::Request) -> (&'static str, Vec<u8
     ) {
         Ok(ops) if ops.is_empty() => ("unchanged", review::allow(uid, &[])),
         Ok(ops) => {
-            tracing::info!(namespace, pod = %name, operations = ops.len(), "patched");
+            // Per pod at debug (the API server's audit log has every admission); refusals,
+            // which someone must act on, at info.
+            tracing::debug!(namespace, pod = %name, operations = ops.len(), "patched");
             ("patched", review::allow(uid, &ops))
         }
         Err(r) => refused(&r.0),
