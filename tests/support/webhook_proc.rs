@@ -34,6 +34,19 @@ impl Drop for Webhook {
     }
 }
 
+/// The webhook binary: `IDENTITY_SIDECAR_WEBHOOK_BIN`, else the one cargo built for this test,
+/// else the release build (the benchmark, an example, gets no `CARGO_BIN_EXE_*`).
+pub fn binary() -> PathBuf {
+    if let Some(b) = std::env::var_os("IDENTITY_SIDECAR_WEBHOOK_BIN") {
+        return PathBuf::from(b);
+    }
+    match option_env!("CARGO_BIN_EXE_identity-sidecar-webhook") {
+        Some(b) => PathBuf::from(b),
+        None => PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("target/release/identity-sidecar-webhook"),
+    }
+}
+
 /// A reqwest client trusting exactly the PEM CAs given.
 pub fn client_trusting(cas: &[&str]) -> reqwest::Client {
     let mut roots = rustls::RootCertStore::empty();
@@ -69,7 +82,7 @@ impl Webhook {
     pub fn start(kubeconfig: &Path, extra: &[&str]) -> Webhook {
         let dir = tempfile::tempdir().expect("tmp");
         let ca_pem = write_certs(dir.path());
-        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_identity-sidecar-webhook"));
+        let mut cmd = std::process::Command::new(binary());
         cmd.args(["serve", "--listen", "127.0.0.1:0", "--image", IMAGE])
             .args(["--init-image", INIT_IMAGE, "--tenant-id", TENANT])
             .arg("--tls-cert-file")
