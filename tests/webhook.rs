@@ -1214,3 +1214,68 @@ fn fresh_connection_client(cas: &[&str]) -> reqwest::Client {
         .build()
         .expect("client")
 }
+
+/// Arguments, environment, and the words the error must contain.
+type ConfigCase<'a> = (Vec<String>, Vec<(&'a str, &'a str)>, Vec<&'a str>);
+
+#[test]
+fn configuration_mistakes_exit_2_naming_flag_and_variable() {
+    let dir = tempfile::tempdir().expect("tmp");
+    webhook_proc::write_certs(dir.path());
+    let cert = dir.path().join("tls.crt");
+    let key = dir.path().join("tls.key");
+    let base = |extra: &[&str]| {
+        let mut v: Vec<String> = vec![
+            "serve".into(),
+            "--tls-cert-file".into(),
+            cert.display().to_string(),
+            "--tls-key-file".into(),
+            key.display().to_string(),
+            "--listen".into(),
+            "127.0.0.1:0".into(),
+        ];
+        v.extend(extra.iter().map(|s| s.to_string()));
+        v
+    };
+    let cases: Vec<ConfigCase> = vec![
+        (base(&[]), vec![], vec!["--image"]),
+        (
+            base(&["--image", "i", "--sidecar-mode", "sidecarish"]),
+            vec![],
+            vec!["--sidecar-mode", "IDENTITY_SIDECAR_WEBHOOK_SIDECAR_MODE"],
+        ),
+        (
+            base(&["--image", "i", "--memory-limit", "lots"]),
+            vec![],
+            vec!["--memory-limit", "IDENTITY_SIDECAR_WEBHOOK_MEMORY_LIMIT"],
+        ),
+        (
+            base(&["--image", "i"]),
+            vec![("AZURE_AUTHORITY_HOST", "http://login.example")],
+            vec!["--authority-host", "AZURE_AUTHORITY_HOST", "https"],
+        ),
+        // No KUBECONFIG and not in a pod.
+        (
+            base(&["--image", "i"]),
+            vec![],
+            vec!["KUBECONFIG", "KUBERNETES_SERVICE_HOST"],
+        ),
+    ];
+    for (args, envs, words) in cases {
+        let out = Command::new(webhook_proc::binary())
+            .args(&args)
+            .env_remove("KUBECONFIG")
+            .env_remove("KUBERNETES_SERVICE_HOST")
+            .env_remove("AZURE_AUTHORITY_HOST")
+            .env_remove("AZURE_TENANT_ID")
+            .envs(envs.iter().copied())
+            .stdin(Stdio::null())
+            .output()
+            .expect("run");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        for w in words {
+            assert!(err.contains(w), "{args:?}: missing {w:?} in {err}");
+        }
+    }
+}

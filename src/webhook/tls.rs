@@ -166,10 +166,8 @@ pub fn generate(dns_names: &[String], days: i64) -> Result<Generated, String> {
     );
     leaf.distinguished_name = dn;
     leaf.is_ca = IsCa::NoCa;
-    leaf.key_usages = vec![
-        KeyUsagePurpose::DigitalSignature,
-        KeyUsagePurpose::KeyEncipherment,
-    ];
+    // ECDSA: signing only (KeyEncipherment is for RSA key transport).
+    leaf.key_usages = vec![KeyUsagePurpose::DigitalSignature];
     leaf.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
     leaf.use_authority_key_identifier_extension = true;
     leaf.not_before = now - time::Duration::hours(1);
