@@ -5,9 +5,12 @@
 #                      Needs nothing writable: run it with readOnlyRootFilesystem: true.
 #   init               the init container of the imds-intercept overlay: the same binary on a
 #                      distroless iptables base; its entrypoint is `identity-sidecar init-network`.
+#   webhook            the admission webhook (manifests/webhook): FROM scratch, its own binary
+#                      (identity-sidecar-webhook), uid 1501; the per-pod image does not carry it.
 #
 #   docker build -t identity-sidecar .                 (or: buildah build ...)
 #   docker build --target init -t identity-sidecar-init .
+#   docker build --target webhook -t identity-sidecar-webhook .
 #
 # Build arguments: RUST_VERSION, BUILDER_IMAGE, RUNTIME_BASE (scratch, or a distroless static
 # image), INIT_BASE (needs iptables-nft and/or iptables-legacy in /usr/sbin or PATH).
@@ -35,6 +38,15 @@ COPY --from=builder /out/identity-sidecar /usr/local/bin/identity-sidecar
 USER 0:0
 ENTRYPOINT ["/usr/local/bin/identity-sidecar", "init-network"]
 
+FROM ${RUNTIME_BASE} AS webhook
+# No CA bundle: the webhook trusts only the cluster's CA (in-cluster service account).
+COPY --from=builder /out/identity-sidecar-webhook /usr/local/bin/identity-sidecar-webhook
+USER 1501:1501
+EXPOSE 9443
+ENTRYPOINT ["/usr/local/bin/identity-sidecar-webhook"]
+CMD ["serve"]
+
+# Last, so it stays the default target.
 FROM ${RUNTIME_BASE} AS runtime
 COPY --from=builder /out/etc/ssl/certs/ca-certificates.crt /etc/ssl/certs/ca-certificates.crt
 COPY --from=builder /out/identity-sidecar /usr/local/bin/identity-sidecar

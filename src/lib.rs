@@ -24,3 +24,4 @@ pub mod protocol;
 pub mod server;
 pub mod service;
 pub mod telemetry;
+pub mod webhook;

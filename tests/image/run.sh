@@ -9,8 +9,9 @@
 #  3. the runtime image's rootfs, mounted read-only, runs its entrypoint as the image's user in a
 #     network namespace: /healthz, /readyz and a token through IMDS from a fake Entra ID;
 #  4. the init image's entrypoint (init-network) runs from its rootfs in the same namespace, and
-#     a request to 169.254.169.254 then reaches the sidecar from (1).
-# Prints both image sizes. Cleans up (containers, images, namespace, processes) on any exit.
+#     a request to 169.254.169.254 then reaches the sidecar from (1);
+#  5. the webhook image holds its own binary only and runs it as uid 1501.
+# Prints the image sizes. Cleans up (containers, images, namespace, processes) on any exit.
 set -eu
 repo=$(cd "$(dirname "$0")/../.." && pwd)
 work=${IMAGE_TEST_DIR:-$repo/target/image-test}
@@ -18,6 +19,7 @@ id=$$
 ns=isc-img-$id
 img=localhost/identity-sidecar-test:$id
 init_img=localhost/identity-sidecar-init-test:$id
+webhook_img=localhost/identity-sidecar-webhook-test:$id
 base_img=localhost/isc-iptables-standin:$id
 ctrs=""
 pids=""
@@ -31,7 +33,7 @@ cleanup() {
     for p in $pids; do kill "$p" 2>/dev/null; wait "$p" 2>/dev/null; done
     ip netns del "$ns" 2>/dev/null
     for c in $ctrs; do buildah umount "$c" >/dev/null 2>&1; buildah rm "$c" >/dev/null 2>&1; done
-    buildah rmi "$img" "$init_img" "$base_img" >/dev/null 2>&1
+    buildah rmi "$img" "$init_img" "$webhook_img" "$base_img" >/dev/null 2>&1
     if [ "$rc" != 0 ] && [ -s "$work/sidecar.log" ]; then
         echo "--- sidecar log"
         tail -n 30 "$work/sidecar.log"
@@ -165,6 +167,23 @@ case $got in
     "200 "*fake-entra-access-token-for-pod-test*) say "init image: 169.254.169.254 now reaches the sidecar" ;;
     *) fail "token via 169.254.169.254 after init-network: $got" ;;
 esac
+
+# --- the webhook image: its own binary, not the sidecar's, run as its user -------------------
+say "buildah build --target webhook"
+build webhook "$webhook_img"
+wuser=$(buildah inspect --type image --format '{{.OCIv1.Config.User}}' "$webhook_img")
+[ "$wuser" = "1501:1501" ] || fail "webhook image user is '$wuser', want 1501:1501"
+c=$(buildah from --pull=never "$webhook_img")
+ctrs="$ctrs $c"
+wroot=$(buildah mount "$c")
+[ ! -e "$wroot/usr/local/bin/identity-sidecar" ] || fail "the webhook image carries the sidecar binary"
+out=$(env -i "$(command -v chroot)" --userspec="$wuser" "$wroot" \
+    /usr/local/bin/identity-sidecar-webhook --version 2>&1) || fail "webhook --version: $out"
+case $out in
+    identity-sidecar-webhook*) say "webhook image: $out as uid $wuser" ;;
+    *) fail "webhook --version said: $out" ;;
+esac
+say "webhook image size: $(size "$webhook_img")"
 
 say "runtime image size: $runtime_size"
 say "init image size: $init_size (on the stand-in base: host iptables)"
