@@ -8,6 +8,7 @@ use std::time::Duration;
 use reqwest::Url;
 
 use crate::core::secret::Secret;
+use crate::protocol::user_agent::ExpiresOnMode;
 use crate::telemetry::logging::LogFormat;
 
 pub const DEFAULT_AUTHORITY: &str = "https://login.microsoftonline.com/";
@@ -46,7 +47,8 @@ pub struct Listen {
     pub is_default: bool,
 }
 
-/// The rules a token request is checked against, before any call to Entra ID.
+/// The rules a token request is checked against, before any call to Entra ID, and the one
+/// choice of answer shape that is a setting.
 #[derive(Debug, Clone)]
 pub struct Policy {
     /// Lower-cased client ids a request may select; the first is the default `client_id`.
@@ -55,6 +57,9 @@ pub struct Policy {
     pub allowed_resources: Vec<ResourceRule>,
     /// The App Service secret; `None`: the App Service endpoints refuse every request.
     pub identity_header: Option<Secret>,
+    /// `expires_on` of 2017-09-01 answers (`--msi-2017-expires-on`;
+    /// docs/protocols.md#app-service-2017-09-01-expires_on-by-client).
+    pub msi_2017_expires_on: ExpiresOnMode,
 }
 
 /// One `--allowed-resources` entry: an exact resource, or a prefix when written with a final `*`.

@@ -21,6 +21,7 @@ use crate::config::{
 };
 use crate::core::secret::Secret;
 use crate::duration;
+use crate::protocol::user_agent::ExpiresOnMode;
 use crate::server;
 use crate::service::Service;
 use crate::telemetry::logging::LogFormat;
@@ -135,6 +136,18 @@ pub struct ServeArgs {
     /// How long in-flight requests may run after SIGTERM before the process exits. [default: 10s]
     #[arg(long, env = "IDENTITY_SIDECAR_SHUTDOWN_GRACE", value_name = "DURATION", value_parser = Checked(duration::parse_positive))]
     pub shutdown_grace: Option<Duration>,
+
+    /// `expires_on` format of 2017-09-01 (MSI_ENDPOINT + MSI_SECRET) answers: `auto` gives App
+    /// Service's date (`MM/DD/YYYY hh:mm:ss AM +00:00`) to the client releases that read only
+    /// that (azure-identity Python 1.5, @azure/identity JS 1.x-2.x, told by their User-Agent) and
+    /// epoch seconds to every other client; `epoch` or `date` forces one. [default: auto]
+    #[arg(
+        long = "msi-2017-expires-on",
+        env = "IDENTITY_SIDECAR_MSI_2017_EXPIRES_ON",
+        value_name = "auto|epoch|date",
+        value_parser = Checked(ExpiresOnMode::parse)
+    )]
+    pub msi_2017_expires_on: Option<ExpiresOnMode>,
 }
 
 /// A configuration mistake that involves more than one value, reported as
@@ -229,6 +242,7 @@ impl ServeArgs {
                 allowed_client_ids,
                 allowed_resources: self.allowed_resources.iter().flatten().cloned().collect(),
                 identity_header: self.identity_header.clone(),
+                msi_2017_expires_on: self.msi_2017_expires_on.unwrap_or_default(),
             },
             log_format: self.log_format.unwrap_or_default(),
             imds_passthrough: self.imds_passthrough,
@@ -435,6 +449,40 @@ mod tests {
             .to_string();
         assert!(
             e.contains("--entra-timeout (env IDENTITY_SIDECAR_ENTRA_TIMEOUT)"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn msi_2017_expires_on_modes() {
+        use clap::Parser as _;
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            serve: ServeArgs,
+        }
+        assert_eq!(
+            args().validate().expect("valid").policy.msi_2017_expires_on,
+            ExpiresOnMode::Auto
+        );
+        let parsed = Cli::try_parse_from(["x", "--msi-2017-expires-on", "DATE"]).expect("parsed");
+        assert_eq!(parsed.serve.msi_2017_expires_on, Some(ExpiresOnMode::Date));
+        let c = ServeArgs {
+            msi_2017_expires_on: parsed.serve.msi_2017_expires_on,
+            ..args()
+        };
+        assert_eq!(
+            c.validate().expect("valid").policy.msi_2017_expires_on,
+            ExpiresOnMode::Date
+        );
+        let e = Cli::try_parse_from(["x", "--msi-2017-expires-on", "unix"])
+            .err()
+            .expect("refused");
+        assert_eq!(e.exit_code(), i32::from(EXIT_CONFIG));
+        let e = e.to_string();
+        assert!(
+            e.contains("--msi-2017-expires-on (env IDENTITY_SIDECAR_MSI_2017_EXPIRES_ON)")
+                && e.contains("auto, epoch, date"),
             "{e}"
         );
     }

@@ -3,7 +3,8 @@
 //!
 //! - [`imds`]: Azure IMDS, `GET /metadata/identity/oauth2/token` with `Metadata: true`;
 //! - [`app_service`]: App Service / Container Apps, 2019-08-01 (`X-IDENTITY-HEADER`) and the
-//!   older 2017-09-01 (`secret`), on `/msi/token`.
+//!   older 2017-09-01 (`secret`), on `/msi/token`;
+//! - [`user_agent`]: which `expires_on` format a 2017-09-01 client reads.
 //!
 //! What they share lives here: the [`Flavor`] trait the server's one token handler is generic
 //! over, query parsing, identity selection and resource rules (against the [`Policy`], never the
@@ -11,6 +12,7 @@
 //! 70-80 s on it, docs/protocols.md#errors).
 pub mod app_service;
 pub mod imds;
+pub mod user_agent;
 
 use std::borrow::Cow;
 
