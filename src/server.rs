@@ -196,12 +196,12 @@ async fn handle(
     let started = Instant::now();
     let endpoint = route(req.uri().path());
     let resp = match endpoint {
-        Endpoint::Imds => service.token::<imds::Imds>(&req, started).await,
-        Endpoint::AppService => {
-            service
-                .token::<app_service::AppService>(&req, started)
-                .await
+        Endpoint::Imds => service.token::<imds::Imds>(req, started).await,
+        // A POST there is the Cloud Shell form (docs/protocols.md#cloud-shell-form).
+        Endpoint::AppService if req.method() == http::Method::POST => {
+            service.token::<app_service::CloudShell>(req, started).await
         }
+        Endpoint::AppService => service.token::<app_service::AppService>(req, started).await,
         Endpoint::Healthz => service.healthz(&req),
         Endpoint::Readyz => service.readyz(&req),
         Endpoint::Metrics => service.metrics_page(&req),

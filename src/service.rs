@@ -17,7 +17,9 @@ use crate::core::TokenService;
 use crate::core::cache::Lookup;
 use crate::core::entra::EntraClient;
 use crate::core::federated::TokenSource;
-use crate::protocol::{Flavor, FlavorName, HttpError, TokenRequest, app_service, imds};
+use crate::protocol::{
+    Flavor, FlavorName, HttpError, MAX_FORM_BODY, Params, TokenRequest, app_service, imds,
+};
 use crate::telemetry::access_log;
 use crate::telemetry::metrics::Metrics;
 
@@ -85,24 +87,44 @@ impl Service {
         &self.metrics
     }
 
-    /// A token request in flavor `F`: method, version, request and identity checks, then the
-    /// token core, then `F`'s rendering; one access-log line whatever happens.
+    /// A token request in flavor `F`: method, parameters (the query, or the form body of a
+    /// [`Params::Form`] flavor), version, request and identity checks, then the token core, then
+    /// `F`'s rendering; one access-log line whatever happens.
     pub async fn token<F: Flavor>(
         &self,
-        req: &Request<Incoming>,
+        req: Request<Incoming>,
         started: Instant,
     ) -> Response<Body> {
-        let query = req.uri().query();
-        let parsed = if req.method() != Method::GET {
-            Err((F::NAME, method_not_allowed(F::render_error)))
-        } else {
-            match F::version(query) {
-                Err(e) => Err((F::NAME, error_response(&e, F::render_error))),
-                Ok(v) => match F::parse(v, req.headers(), query, &self.policy) {
-                    Err(e) => Err((F::name(v), error_response(&e, F::render_error))),
-                    Ok(treq) => Ok((v, treq)),
-                },
+        let (head, body) = req.into_parts();
+        let form = match F::PARAMS {
+            Params::Query if head.method != Method::GET => Err(method_not_allowed::<F>()),
+            Params::Form if head.method != Method::POST => Err(method_not_allowed::<F>()),
+            Params::Query => Ok(None),
+            Params::Form => match F::check_head(&head.headers) {
+                Err(e) => Err(error_response(&e, F::render_error)),
+                Ok(()) => read_form(&head.headers, body)
+                    .await
+                    .map(Some)
+                    .map_err(|e| error_response(&e, F::render_error)),
+            },
+        };
+        let form = match form {
+            Ok(f) => f,
+            Err(resp) => {
+                access(F::NAME, None, &resp, None, started);
+                return resp;
             }
+        };
+        let params = match (F::PARAMS, &form) {
+            (Params::Form, Some(f)) => Some(f.as_str()),
+            _ => head.uri.query(),
+        };
+        let parsed = match F::version(params) {
+            Err(e) => Err((F::NAME, error_response(&e, F::render_error))),
+            Ok(v) => match F::parse(v, &head.headers, params, &self.policy) {
+                Err(e) => Err((F::name(v), error_response(&e, F::render_error))),
+                Ok(treq) => Ok((v, treq)),
+            },
         };
         let (version, treq) = match parsed {
             Ok(p) => p,
@@ -113,7 +135,10 @@ impl Service {
         };
         let (resp, cache) = match self.tokens.token(treq.client_id, &treq.resource).await {
             Ok((t, how)) => (
-                json(StatusCode::OK, F::render(version, &t, &treq)),
+                json(
+                    StatusCode::OK,
+                    F::render(version, &head.headers, &self.policy, &t, &treq),
+                ),
                 Some(how),
             ),
             Err(e) => (
@@ -294,23 +319,54 @@ fn passthrough_failed(e: &reqwest::Error) -> Response<Body> {
     )
 }
 
-fn only_get(req: &Request<Incoming>) -> Option<Response<Body>> {
-    (req.method() != Method::GET && req.method() != Method::HEAD)
-        .then(|| method_not_allowed(imds::render_error))
+/// Reads a form body of at most [`MAX_FORM_BODY`] bytes: a larger declared `Content-Length` is
+/// refused before reading, a larger streamed body as soon as it passes the limit.
+async fn read_form(headers: &http::HeaderMap, body: Incoming) -> Result<String, HttpError> {
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if declared.is_some_and(|n| n > MAX_FORM_BODY as u64) {
+        return Err(HttpError::form_too_large());
+    }
+    let bytes = match Limited::new(body, MAX_FORM_BODY).collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+            return Err(HttpError::form_too_large());
+        }
+        Err(_) => {
+            return Err(HttpError::bad_request("The request body could not be read"));
+        }
+    };
+    String::from_utf8(bytes.to_vec())
+        .map_err(|_| HttpError::bad_request("The form body is not UTF-8"))
 }
 
-fn method_not_allowed(render: fn(&HttpError) -> Vec<u8>) -> Response<Body> {
+fn only_get(req: &Request<Incoming>) -> Option<Response<Body>> {
+    (req.method() != Method::GET && req.method() != Method::HEAD)
+        .then(|| method_not_allowed_with(imds::render_error, "GET, HEAD"))
+}
+
+/// 405 on flavor `F`'s path, in its error shape, with its `Allow`.
+fn method_not_allowed<F: Flavor>() -> Response<Body> {
+    method_not_allowed_with(F::render_error, F::ALLOW)
+}
+
+fn method_not_allowed_with(
+    render: fn(&HttpError) -> Vec<u8>,
+    allow: &'static str,
+) -> Response<Body> {
     let mut r = error_response(
         &HttpError {
             status: StatusCode::METHOD_NOT_ALLOWED,
             error: "invalid_request".into(),
-            description: "Only GET is allowed here".into(),
+            description: format!("Only {allow} is allowed here"),
             retry_after: None,
         },
         render,
     );
     r.headers_mut()
-        .insert(header::ALLOW, HeaderValue::from_static("GET"));
+        .insert(header::ALLOW, HeaderValue::from_static(allow));
     r
 }
 

@@ -1,11 +1,19 @@
-//! App Service / Container Apps flavor on `/msi/token`, in its two versions:
+//! App Service / Container Apps flavor on `/msi/token`, in its two versions ([`AppService`]),
+//! and the Cloud Shell form on the same path ([`CloudShell`]):
 //!
 //! - **2019-08-01** (`IDENTITY_ENDPOINT` + `IDENTITY_HEADER`): secret in `X-IDENTITY-HEADER`,
 //!   selectors `client_id`, `object_id`, `mi_res_id`, `principal_id` (older Go), `resource_id`
 //!   (Python aio).
 //! - **2017-09-01** (`MSI_ENDPOINT` + `MSI_SECRET`): secret in `secret`, selector `clientid`.
-//!   `expires_on` is an epoch string here too: the old date format breaks current Python and JS
-//!   SDKs (docs/protocols.md#app-service-2017-09-01).
+//!   `expires_on` is an epoch string, except for the client releases that read only App
+//!   Service's date, told apart by their User-Agent ([`super::user_agent`]); the date breaks
+//!   current Python and JS SDKs (docs/protocols.md#app-service-2017-09-01,
+//!   docs/protocols.md#app-service-2017-09-01-expires_on-by-client).
+//! - **Cloud Shell** (`MSI_ENDPOINT` alone): `POST` of a form `resource=<R>[&client_id=<C>]` with
+//!   `Metadata: true` (azure-identity `CloudShellCredential`, @azure/identity 1.x `cloudShellMsi`,
+//!   msrestazure `get_msi_token`, MSAL4J for any `MSI_ENDPOINT`, adal). No secret is sent, so
+//!   IMDS's `Metadata`/`X-Forwarded-For` guard applies; the answer is IMDS's body, which every
+//!   Cloud Shell parser reads (docs/protocols.md#cloud-shell-form).
 //!
 //! The secret is compared in constant time. Errors carry both App Service's `statusCode`/`message`
 //! and the OAuth `error`/`error_description`, so every SDK's parser finds its fields.
@@ -14,7 +22,8 @@ use std::borrow::Cow;
 use http::{HeaderMap, StatusCode};
 use serde::Serialize;
 
-use super::{Flavor, FlavorName, HttpError, JsonObject, Query, TokenRequest};
+use super::user_agent::{ExpiresOnFormat, ExpiresOnMode};
+use super::{Flavor, FlavorName, HttpError, JsonObject, Params, Query, TokenRequest};
 use crate::config::Policy;
 use crate::core::cache::CachedToken;
 
@@ -29,6 +38,17 @@ const SELECTORS_2019: &[&str] = &[
     "msi_res_id",
 ];
 const SELECTORS_2017: &[&str] = &["clientid", "client_id"];
+/// Every selector the GET forms accept: @azure/identity 1.x and msrestazure send `client_id`,
+/// msrestazure also `object_id`/`msi_res_id`, adal `msi_res_id` (docs/protocols.md#cloud-shell-form).
+const SELECTORS_FORM: &[&str] = &[
+    "client_id",
+    "clientid",
+    "object_id",
+    "mi_res_id",
+    "msi_res_id",
+    "principal_id",
+    "resource_id",
+];
 
 /// Which App Service protocol version a request speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -59,6 +79,7 @@ pub struct AppService;
 impl Flavor for AppService {
     type Version = Version;
     const NAME: FlavorName = FlavorName::AppService;
+    const ALLOW: &'static str = "GET, POST";
 
     fn version(query: Option<&str>) -> Result<Version, HttpError> {
         version(query)
@@ -77,8 +98,62 @@ impl Flavor for AppService {
         parse(version, headers, query, policy)
     }
 
-    fn render(version: Version, token: &CachedToken, req: &TokenRequest) -> Vec<u8> {
-        render(version, token, req)
+    fn render(
+        version: Version,
+        headers: &HeaderMap,
+        policy: &Policy,
+        token: &CachedToken,
+        req: &TokenRequest,
+    ) -> Vec<u8> {
+        let fmt = expires_on_format(version, headers, policy.msi_2017_expires_on);
+        render(version, token, req, fmt)
+    }
+
+    fn render_error(e: &HttpError) -> Vec<u8> {
+        render_error(e)
+    }
+}
+
+/// The Cloud Shell form on the App Service path (docs/protocols.md#cloud-shell-form): the router
+/// sends a `POST` to `/msi/token` here.
+pub struct CloudShell;
+
+impl Flavor for CloudShell {
+    type Version = ();
+    const NAME: FlavorName = FlavorName::CloudShell;
+    const PARAMS: Params = Params::Form;
+    const ALLOW: &'static str = "GET, POST";
+
+    fn check_head(headers: &HeaderMap) -> Result<(), HttpError> {
+        check_cloud_shell(headers)
+    }
+
+    fn version(_form: Option<&str>) -> Result<(), HttpError> {
+        Ok(())
+    }
+
+    fn name(_version: ()) -> FlavorName {
+        FlavorName::CloudShell
+    }
+
+    fn parse<'a>(
+        _version: (),
+        _headers: &HeaderMap,
+        form: Option<&'a str>,
+        policy: &'a Policy,
+    ) -> Result<TokenRequest<'a>, HttpError> {
+        parse_cloud_shell(form, policy)
+    }
+
+    /// IMDS's body: @azure/identity 1.x needs `expires_in`, azure-identity `resource`.
+    fn render(
+        _version: (),
+        _headers: &HeaderMap,
+        _policy: &Policy,
+        token: &CachedToken,
+        req: &TokenRequest,
+    ) -> Vec<u8> {
+        super::imds::render(token, req)
     }
 
     fn render_error(e: &HttpError) -> Vec<u8> {
@@ -154,17 +229,102 @@ fn unauthorized(description: String) -> HttpError {
     }
 }
 
-pub fn render(version: Version, t: &CachedToken, req: &TokenRequest) -> Vec<u8> {
+/// The `expires_on` format of an answer to a request with these headers: 2019-08-01 clients all
+/// read epoch seconds; for 2017-09-01 the mode decides, `auto` by the User-Agent
+/// (docs/protocols.md#app-service-2017-09-01-expires_on-by-client).
+pub fn expires_on_format(
+    version: Version,
+    headers: &HeaderMap,
+    mode: ExpiresOnMode,
+) -> ExpiresOnFormat {
+    match version {
+        Version::V2019 => ExpiresOnFormat::Epoch,
+        Version::V2017 => mode.format(headers.get(http::header::USER_AGENT).map(|v| v.as_bytes())),
+    }
+}
+
+pub fn render(
+    version: Version,
+    t: &CachedToken,
+    req: &TokenRequest,
+    fmt: ExpiresOnFormat,
+) -> Vec<u8> {
     let body = JsonObject::with_capacity(t.access_token_json.expose().len() + 200)
-        .raw("access_token", t.access_token_json.expose())
-        // A string: the Rust SDK fails on a number (docs/protocols.md#app-service-2019-08-01).
-        .num_str("expires_on", t.expires_on)
-        .str("resource", &req.resource)
-        .str("token_type", "Bearer");
+        .raw("access_token", t.access_token_json.expose());
+    // A string: the Rust SDK fails on a number (docs/protocols.md#app-service-2019-08-01).
+    let body = match fmt {
+        ExpiresOnFormat::Epoch => body.num_str("expires_on", t.expires_on),
+        ExpiresOnFormat::Date => body.str("expires_on", &app_service_date(t.expires_on)),
+    }
+    .str("resource", &req.resource)
+    .str("token_type", "Bearer");
     match version {
         Version::V2019 => body.str("client_id", req.client_id).finish(),
         Version::V2017 => body.finish(),
     }
+}
+
+/// `expires_on` as App Service on Windows wrote it for 2017-09-01, in UTC:
+/// `MM/DD/YYYY hh:mm:ss AM +00:00`. azure-identity 1.5 reads it with
+/// `strptime("%m/%d/%Y %I:%M:%S %p")` after cutting ` +00:00`, @azure/identity 1.x with
+/// `Date.parse`; zero-padded fields suit both (and the Linux 24-hour pattern is tried first and
+/// fails cleanly on the `AM`/`PM`). Sources: docs/protocols.md#app-service-2017-09-01-expires_on-by-client.
+pub fn app_service_date(epoch: u64) -> String {
+    let t = i64::try_from(epoch)
+        .ok()
+        .and_then(|s| time::OffsetDateTime::from_unix_timestamp(s).ok())
+        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
+    let (hour12, period) = match t.hour() {
+        0 => (12, "AM"),
+        h @ 1..=11 => (h, "AM"),
+        12 => (12, "PM"),
+        h => (h - 12, "PM"),
+    };
+    format!(
+        "{:02}/{:02}/{:04} {:02}:{:02}:{:02} {period} +00:00",
+        u8::from(t.month()),
+        t.day(),
+        t.year(),
+        hour12,
+        t.minute(),
+        t.second()
+    )
+}
+
+/// Checks the head of a Cloud Shell form request, before its body is read: IMDS's SSRF guard
+/// (`Metadata: true`, no `X-Forwarded-For`), then the form content type.
+pub fn check_cloud_shell(headers: &HeaderMap) -> Result<(), HttpError> {
+    super::imds::check_ssrf_guard(headers)?;
+    let ctype = headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let essence = ctype.split(';').next().unwrap_or("").trim();
+    if !essence.eq_ignore_ascii_case("application/x-www-form-urlencoded") {
+        return Err(HttpError {
+            status: StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            error: Cow::Borrowed("invalid_request"),
+            description: "A POST here is the Cloud Shell form: send Content-Type: application/x-www-form-urlencoded and a body resource=<resource>".into(),
+            retry_after: None,
+        });
+    }
+    Ok(())
+}
+
+/// Parses the Cloud Shell form (at most [`super::MAX_FORM_BODY`] bytes, which the handler enforces
+/// while reading it): `resource` and one identity selector, under the same allow-lists as the GET
+/// forms.
+pub fn parse_cloud_shell<'a>(
+    form: Option<&'a str>,
+    policy: &'a Policy,
+) -> Result<TokenRequest<'a>, HttpError> {
+    let q = Query::parse(form)?;
+    let resource = q.resource(policy)?;
+    let client_id = q.identity(SELECTORS_FORM, policy)?;
+    Ok(TokenRequest {
+        client_id,
+        resource,
+    })
 }
 
 #[derive(Serialize)]
@@ -201,5 +361,26 @@ mod tests {
         assert_eq!(version(Some("api-version=2017-09-01")), Ok(Version::V2017));
         assert!(version(Some("api-version=2018-02-01")).is_err());
         assert!(version(Some("resource=x")).is_err());
+    }
+
+    #[test]
+    fn app_service_dates_are_utc_12_hour_zero_padded() {
+        assert_eq!(
+            app_service_date(1795794843),
+            "11/27/2026 03:54:03 PM +00:00"
+        );
+        assert_eq!(
+            app_service_date(1795737843),
+            "11/27/2026 12:04:03 AM +00:00"
+        );
+        assert_eq!(
+            app_service_date(1767355200),
+            "01/02/2026 12:00:00 PM +00:00"
+        );
+        assert_eq!(
+            app_service_date(1767398399),
+            "01/02/2026 11:59:59 PM +00:00"
+        );
+        assert_eq!(app_service_date(0), "01/01/1970 12:00:00 AM +00:00");
     }
 }

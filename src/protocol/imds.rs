@@ -67,7 +67,13 @@ impl Flavor for Imds {
         parse(headers, query, policy)
     }
 
-    fn render(_version: (), token: &CachedToken, req: &TokenRequest) -> Vec<u8> {
+    fn render(
+        _version: (),
+        _headers: &HeaderMap,
+        _policy: &Policy,
+        token: &CachedToken,
+        req: &TokenRequest,
+    ) -> Vec<u8> {
         render(token, req)
     }
 
@@ -81,17 +87,7 @@ pub fn parse<'a>(
     query: Option<&'a str>,
     policy: &'a Policy,
 ) -> Result<TokenRequest<'a>, HttpError> {
-    let metadata = headers.get("metadata").and_then(|v| v.to_str().ok());
-    if !metadata.is_some_and(|v| v.trim().eq_ignore_ascii_case("true")) {
-        return Err(HttpError::bad_request(
-            "Required metadata header not specified",
-        ));
-    }
-    if headers.contains_key("x-forwarded-for") {
-        return Err(HttpError::bad_request(
-            "Requests with an X-Forwarded-For header are refused: IMDS must not be reached through a proxy",
-        ));
-    }
+    check_ssrf_guard(headers)?;
     let q = Query::parse(query)?;
     let version = q.api_version()?;
     if !version_at_least(&version, "2018-02-01") {
@@ -105,6 +101,24 @@ pub fn parse<'a>(
         client_id,
         resource,
     })
+}
+
+/// IMDS's guard against server-side request forgery, also the Cloud Shell form's
+/// (docs/protocols.md#cloud-shell-form): a `Metadata: true` header (which a forged request cannot
+/// add) and no `X-Forwarded-For`.
+pub fn check_ssrf_guard(headers: &HeaderMap) -> Result<(), HttpError> {
+    let metadata = headers.get("metadata").and_then(|v| v.to_str().ok());
+    if !metadata.is_some_and(|v| v.trim().eq_ignore_ascii_case("true")) {
+        return Err(HttpError::bad_request(
+            "Required metadata header not specified",
+        ));
+    }
+    if headers.contains_key("x-forwarded-for") {
+        return Err(HttpError::bad_request(
+            "Requests with an X-Forwarded-For header are refused: IMDS must not be reached through a proxy",
+        ));
+    }
+    Ok(())
 }
 
 /// `YYYY-MM-DD[-suffix]` compared as dates.

@@ -3,7 +3,7 @@
 //!
 //! - [`imds`]: Azure IMDS, `GET /metadata/identity/oauth2/token` with `Metadata: true`;
 //! - [`app_service`]: App Service / Container Apps, 2019-08-01 (`X-IDENTITY-HEADER`) and the
-//!   older 2017-09-01 (`secret`), on `/msi/token`;
+//!   older 2017-09-01 (`secret`), on `/msi/token`, and the Cloud Shell form (`POST`) there;
 //! - [`user_agent`]: which `expires_on` format a 2017-09-01 client reads.
 //!
 //! What they share lives here: the [`Flavor`] trait the server's one token handler is generic
@@ -28,23 +28,55 @@ use crate::core::entra::EntraError;
 /// A managed-identity protocol as the server's one token handler sees it: decide the version
 /// (before anything else, so errors use its wording), parse and check the request against the
 /// [`Policy`], render the token or the error in the shape its clients parse.
+///
+/// The parameters (`params` below) are the query string of a `GET`, or for a [`Params::Form`]
+/// flavor the body of a `POST`, read by the handler after [`Flavor::check_head`] passes.
 pub trait Flavor {
     /// What the request says about its protocol version (`()` where there is only one).
     type Version: Copy;
     /// The flavor's name in the access log before its version is known.
     const NAME: FlavorName;
-    fn version(query: Option<&str>) -> Result<Self::Version, HttpError>;
+    /// Where the request's parameters travel.
+    const PARAMS: Params = Params::Query;
+    /// The methods its path takes, for the `Allow` header of a 405.
+    const ALLOW: &'static str = "GET";
+    /// Checks on the request head before a form body is read (only [`Params::Form`] flavors).
+    fn check_head(_headers: &HeaderMap) -> Result<(), HttpError> {
+        Ok(())
+    }
+    fn version(params: Option<&str>) -> Result<Self::Version, HttpError>;
     /// The flavor's name in the access log once its version is known.
     fn name(version: Self::Version) -> FlavorName;
     fn parse<'a>(
         version: Self::Version,
         headers: &HeaderMap,
-        query: Option<&'a str>,
+        params: Option<&'a str>,
         policy: &'a Policy,
     ) -> Result<TokenRequest<'a>, HttpError>;
-    fn render(version: Self::Version, token: &CachedToken, req: &TokenRequest) -> Vec<u8>;
+    /// The answer; `headers` and `policy` are there for answers whose shape depends on the client
+    /// (App Service 2017-09-01's `expires_on`, docs/protocols.md#app-service-2017-09-01-expires_on-by-client).
+    fn render(
+        version: Self::Version,
+        headers: &HeaderMap,
+        policy: &Policy,
+        token: &CachedToken,
+        req: &TokenRequest,
+    ) -> Vec<u8>;
     fn render_error(e: &HttpError) -> Vec<u8>;
 }
+
+/// Where a flavor's request parameters travel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Params {
+    /// The query string of a `GET`.
+    Query,
+    /// An `application/x-www-form-urlencoded` body of a `POST`, at most [`MAX_FORM_BODY`] bytes.
+    Form,
+}
+
+/// Largest form body accepted (a real Cloud Shell form is under 200 bytes); larger bodies get
+/// 413 ([`HttpError::form_too_large`]).
+pub const MAX_FORM_BODY: usize = 16 * 1024;
 
 /// The protocol a token request spoke, as the access log names it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -54,6 +86,8 @@ pub enum FlavorName {
     AppService,
     AppService2019,
     AppService2017,
+    /// The Cloud Shell form on the App Service path.
+    CloudShell,
 }
 
 impl FlavorName {
@@ -63,6 +97,7 @@ impl FlavorName {
             FlavorName::AppService => "app-service",
             FlavorName::AppService2019 => "app-service-2019-08-01",
             FlavorName::AppService2017 => "app-service-2017-09-01",
+            FlavorName::CloudShell => "cloud-shell",
         }
     }
 }
@@ -92,6 +127,16 @@ impl HttpError {
             status: StatusCode::BAD_REQUEST,
             error: Cow::Borrowed("invalid_request"),
             description: description.into(),
+            retry_after: None,
+        }
+    }
+
+    /// The error for a form body over [`MAX_FORM_BODY`].
+    pub fn form_too_large() -> Self {
+        HttpError {
+            status: StatusCode::PAYLOAD_TOO_LARGE,
+            error: Cow::Borrowed("invalid_request"),
+            description: format!("The form body is larger than {MAX_FORM_BODY} bytes"),
             retry_after: None,
         }
     }
