@@ -1,5 +1,6 @@
-//! Runs the real Azure SDKs (installed by `scripts/install-sdks` into `.cache/sdk`) as processes.
-use std::path::PathBuf;
+//! Runs the real Azure SDKs (installed by `scripts/install-sdks` into `.cache/sdk`) as processes:
+//! the current releases (`py`, `node`) and the pinned legacy ones (`legacy/*`).
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 pub fn cache() -> PathBuf {
@@ -73,6 +74,94 @@ pub fn node_mi(
     let mut cmd = clean(PathBuf::from("node"), &envs);
     cmd.arg(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/sdk/mi_client.mjs"))
         .arg(resource);
+    if let Some(c) = client_id {
+        cmd.arg(c);
+    }
+    run(cmd)
+}
+
+/// A client release of the matrix (tests/sdk_legacy.rs): where `scripts/install-sdks` put it.
+#[derive(Clone, Copy, Debug)]
+pub enum Release {
+    /// azure-identity (Python) as pinned in `PY_PACKAGES` (1.27.0), in `.cache/sdk/py`.
+    PyCurrent,
+    /// azure-identity 1.5.0 (Python), with the azure-core and msal of its time.
+    Py150,
+    /// @azure/identity as pinned in `NODE_PACKAGES` (4.13.1), in `.cache/sdk/node`.
+    NodeCurrent,
+    /// @azure/identity 1.5.2 (JavaScript).
+    Node152,
+}
+
+impl Release {
+    pub fn dir(self) -> PathBuf {
+        match self {
+            Release::PyCurrent => cache().join("py"),
+            Release::Py150 => cache().join("legacy/py-azure-identity-1.5.0"),
+            Release::NodeCurrent => cache().join("node"),
+            Release::Node152 => cache().join("legacy/node-azure-identity-1.5.2"),
+        }
+    }
+
+    fn installed(self) -> bool {
+        match self {
+            Release::PyCurrent | Release::Py150 => self.dir().join("bin/python").exists(),
+            Release::NodeCurrent | Release::Node152 => {
+                self.dir().join("node_modules/@azure/identity").is_dir()
+            }
+        }
+    }
+}
+
+/// True when every release of the matrix is installed; otherwise the one skip rule of
+/// `system::skip` (a failure under CI or as root, else a visible SKIP) and false.
+pub fn matrix_available(test: &str) -> bool {
+    if !available(test) {
+        return false;
+    }
+    let missing: Vec<String> = [
+        Release::PyCurrent,
+        Release::Py150,
+        Release::NodeCurrent,
+        Release::Node152,
+    ]
+    .into_iter()
+    .filter(|r| !r.installed())
+    .map(|r| r.dir().display().to_string())
+    .collect();
+    if missing.is_empty() {
+        return true;
+    }
+    super::system::skip(&format!(
+        "{test}: legacy SDK releases missing ({}): run scripts/install-sdks",
+        missing.join(", ")
+    ));
+    false
+}
+
+/// `tests/sdk/matrix_client.{py,mjs} RESOURCE [CLIENT_ID]` of `release`, under `envs` only.
+pub fn matrix_client(
+    release: Release,
+    resource: &str,
+    client_id: Option<&str>,
+    envs: &[(&str, String)],
+) -> serde_json::Value {
+    let clients = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/sdk");
+    let mut cmd = match release {
+        Release::PyCurrent | Release::Py150 => {
+            let mut c = clean(release.dir().join("bin/python"), envs);
+            c.arg(clients.join("matrix_client.py"));
+            c
+        }
+        Release::NodeCurrent | Release::Node152 => {
+            let mut envs = envs.to_vec();
+            envs.push(("SDK_NODE_DIR", release.dir().display().to_string()));
+            let mut c = clean(PathBuf::from("node"), &envs);
+            c.arg(clients.join("matrix_client.mjs"));
+            c
+        }
+    };
+    cmd.arg(resource);
     if let Some(c) = client_id {
         cmd.arg(c);
     }
