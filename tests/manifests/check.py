@@ -155,6 +155,13 @@ def check_pod(kind, name, meta, spec, overlay, sas):
         hdr = env_value(c, "IDENTITY_HEADER")
         check(isinstance(hdr, dict) and "secretKeyRef" in hdr,
               f"{where}: app {c['name']} needs IDENTITY_HEADER from a Secret")
+        # Legacy releases (README "Client releases"): 2017-09-01 with the same secret, and IMDS.
+        check(env_value(c, "MSI_ENDPOINT") == "http://127.0.0.1:8000/msi/token",
+              f"{where}: app {c['name']} needs MSI_ENDPOINT (azure-identity 1.5, @azure/identity 1.x)")
+        check(env_value(c, "MSI_SECRET") == hdr,
+              f"{where}: app {c['name']} needs MSI_SECRET from the same Secret as IDENTITY_HEADER")
+        check(env_value(c, "AZURE_POD_IDENTITY_AUTHORITY_HOST") == "http://127.0.0.1:8000",
+              f"{where}: app {c['name']} needs AZURE_POD_IDENTITY_AUTHORITY_HOST")
 
     # Privileges: only imds-intercept has an init container with NET_ADMIN, and nothing else.
     init_net = [c for c in inits if c["name"] == INIT]
