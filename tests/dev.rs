@@ -7,7 +7,7 @@ mod support;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use support::sdk::{self, node_mi, python_mi};
+use support::sdk::{self, Release, matrix_client, node_mi, python_mi};
 use support::*;
 
 struct Dev {
@@ -233,6 +233,54 @@ fn real_sdks_through_the_dev_chain_while_the_token_rotates() {
         std::thread::sleep(Duration::from_millis(500));
     }
     assert!(round >= 2);
+}
+
+/// Every release of the client matrix with exactly the environment `dev` prints: the old ones
+/// pick MSI_ENDPOINT + MSI_SECRET (and get the date they read), the current ones IDENTITY_*.
+#[test]
+fn every_matrix_release_works_with_the_env_dev_prints() {
+    if !sdk::matrix_available("every_matrix_release_works_with_the_env_dev_prints") {
+        return;
+    }
+    let dev = start_dev(&[]);
+    let env: Vec<(&str, String)> = [
+        "IDENTITY_ENDPOINT",
+        "IDENTITY_HEADER",
+        "AZURE_POD_IDENTITY_AUTHORITY_HOST",
+        "MSI_ENDPOINT",
+        "MSI_SECRET",
+    ]
+    .into_iter()
+    .map(|k| (k, dev.env[k].clone()))
+    .collect();
+    let out = dev.proc.logs();
+    let printed = out.lines().filter(|l| l.starts_with("export ")).count();
+    assert_eq!(
+        printed,
+        env.len(),
+        "dev prints exactly these for the app:\n{out}"
+    );
+    for (i, release) in [
+        Release::Py150,
+        Release::Node152,
+        Release::PyCurrent,
+        Release::NodeCurrent,
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let res = format!("https://release{i}.example.com");
+        let out = matrix_client(release, &res, None, &env);
+        assert_eq!(out["ok"], true, "{release:?}: {out}");
+        verify(&dev, out["token"].as_str().expect("token"), &res);
+        let expiry = out["expires_on"][0]
+            .as_u64()
+            .or_else(|| out["expires_on_ms"].as_f64().map(|ms| (ms / 1000.0) as u64));
+        assert!(
+            expiry.is_some_and(|e| e > now() + 60 * 50 && e < now() + 60 * 95),
+            "{release:?}: an expiry within the mock's 60-90 min lifetime: {out}"
+        );
+    }
 }
 
 /// The README's quick start, exactly as written: `dev` on its defaults, then the README's curl.

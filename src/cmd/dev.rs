@@ -157,6 +157,9 @@ fn print_banner(
         duration::display(args.federated_token_lifetime)
     );
     println!("# paste into the app's shell (Ctrl-C here stops everything):");
+    println!(
+        "#   IDENTITY_*: current SDKs; MSI_*: releases before App Service 2019 (azure-identity 1.5, @azure/identity 1.x-2.x, adal); the IMDS host: IMDS-only clients"
+    );
     for (k, v) in &env.app {
         println!("export {k}={v}");
     }
