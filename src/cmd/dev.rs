@@ -158,7 +158,7 @@ fn print_banner(
     );
     println!("# paste into the app's shell (Ctrl-C here stops everything):");
     println!(
-        "#   IDENTITY_*: current SDKs; MSI_*: releases before App Service 2019 (azure-identity 1.5, @azure/identity 1.x-2.x, adal); the IMDS host: IMDS-only clients"
+        "#   IDENTITY_*: current SDKs; MSI_*: releases before App Service 2019 (azure-identity < 1.9, @azure/identity < 2.1, adal); the IMDS host: IMDS-only clients"
     );
     for (k, v) in &env.app {
         println!("export {k}={v}");
