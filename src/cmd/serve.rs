@@ -330,12 +330,13 @@ fn log_startup(cfg: &ServeConfig, addrs: &[std::net::SocketAddr]) {
         } else {
             "disabled (no IDENTITY_HEADER)"
         },
+        msi_2017_expires_on = cfg.policy.msi_2017_expires_on.as_str(),
         "identity-sidecar serving"
     );
     tracing::info!(
         "app environment: IDENTITY_ENDPOINT={base}/msi/token IDENTITY_HEADER=<the value of this sidecar's IDENTITY_HEADER> \
-         AZURE_POD_IDENTITY_AUTHORITY_HOST={base} (or MSI_ENDPOINT={base}/msi/token MSI_SECRET=<same secret>); \
-         do not give the app AZURE_FEDERATED_TOKEN_FILE"
+         MSI_ENDPOINT={base}/msi/token MSI_SECRET=<same secret> (for SDK releases before App Service 2019-08-01) \
+         AZURE_POD_IDENTITY_AUTHORITY_HOST={base}; do not give the app AZURE_FEDERATED_TOKEN_FILE"
     );
 }
 
