@@ -263,6 +263,7 @@ fn every_matrix_release_works_with_the_env_dev_prints() {
     for (i, release) in [
         Release::Py150,
         Release::Node152,
+        Release::Node140,
         Release::PyCurrent,
         Release::NodeCurrent,
     ]

@@ -6,6 +6,7 @@
 //! | Release | Its own cache |
 //! |---|---|
 //! | azure-identity 1.5.0 (Python) | never matches its own entries (looks up `target=[resource]`, stores `scope=resource`): every call reaches the sidecar |
+//! | @azure/identity 1.4.0 (JS) | none (core-http based; not driven through a cycler here) |
 //! | @azure/identity 1.5.2 (JS) | none in the credential; core-rest-pipeline's token cycler (bearerTokenAuthenticationPolicy) keeps the token until near `expiresOnTimestamp` |
 //! | azure-identity 1.27.0 (Python), @azure/identity 4.13.1 (JS) | yes (azure-identity's token cache, msal-node's) |
 mod support;
@@ -114,7 +115,7 @@ fn client_expiries(release: Release, out: &serde_json::Value) -> Vec<u64> {
             .as_array()
             .map(|a| a.iter().filter_map(serde_json::Value::as_u64).collect())
             .unwrap_or_default(),
-        Release::NodeCurrent | Release::Node152 => out["expires_on_ms"]
+        Release::NodeCurrent | Release::Node152 | Release::Node140 => out["expires_on_ms"]
             .as_f64()
             .filter(|ms| ms.is_finite() && *ms >= 0.0)
             .map(|ms| (ms / 1000.0).round() as u64)
@@ -284,6 +285,23 @@ async fn azure_identity_1_5_2_js() {
     println!(
         "matrix: Node152 MSI_ENDPOINT+MSI_SECRET, --msi-2017-expires-on epoch 1.5.2: token, expiry NaN"
     );
+}
+
+/// @azure/identity 1.0-1.4 send only core-http's User-Agent (`core-http/<v> Node/<v> OS/(...)`):
+/// the third User-Agent rule, on a real release.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn azure_identity_1_4_0_js() {
+    if !sdk::matrix_available("azure_identity_1_4_0_js") {
+        return;
+    }
+    let e = start(None).await;
+    let cases = vec![Case {
+        what: "MSI_ENDPOINT+MSI_SECRET (2017-09-01, gets the date)",
+        env: msi(&e.sc),
+        client_id: None,
+        expect: Ok(1),
+    }];
+    run_matrix(&e, Release::Node140, "1.4.0", cases).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -7,7 +7,8 @@
 //    Azure JS client uses) over two requests, with a transport that never leaves the process; it must
 //    ask the credential once. (With NaN it also asks once, and then never again: that is why the
 //    expiry itself is checked too.)
-// Output: {"ok":true,"version":"1.5.2","token":"...","expires_on_ms":N|null,"cycler_token_requests":N}
+// Output: {"ok":true,"version":"1.5.2","token":"...","expires_on_ms":N|null,"cycler_token_requests":N|null}
+//      (null: no core-rest-pipeline in that release's tree, as in 1.4.0)
 //      or {"ok":false,"version":"...","error":"Name: message"}
 import { createRequire } from "node:module";
 import path from "node:path";
@@ -20,9 +21,17 @@ let out;
 try {
   version = require("@azure/identity/package.json").version;
   const { ManagedIdentityCredential } = require("@azure/identity");
-  const core = require("@azure/core-rest-pipeline");
   const cred = clientId ? new ManagedIdentityCredential(clientId) : new ManagedIdentityCredential();
   const tok = await cred.getToken(scope);
+  out = { ok: true, version, token: tok.token, expires_on_ms: tok.expiresOnTimestamp, cycler_token_requests: null };
+  // Releases before 1.5 are built on core-http and bring no core-rest-pipeline: no cycler run.
+  let core;
+  try {
+    core = require("@azure/core-rest-pipeline");
+  } catch {
+    console.log(JSON.stringify(out));
+    process.exit(0);
+  }
   let asked = 0;
   const counting = {
     getToken: async (scopes, options) => {

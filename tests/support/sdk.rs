@@ -91,6 +91,8 @@ pub enum Release {
     NodeCurrent,
     /// @azure/identity 1.5.2 (JavaScript).
     Node152,
+    /// @azure/identity 1.4.0 (JavaScript), the last release whose User-Agent is only core-http's.
+    Node140,
 }
 
 impl Release {
@@ -100,13 +102,14 @@ impl Release {
             Release::Py150 => cache().join("legacy/py-azure-identity-1.5.0"),
             Release::NodeCurrent => cache().join("node"),
             Release::Node152 => cache().join("legacy/node-azure-identity-1.5.2"),
+            Release::Node140 => cache().join("legacy/node-azure-identity-1.4.0"),
         }
     }
 
     fn installed(self) -> bool {
         match self {
             Release::PyCurrent | Release::Py150 => self.dir().join("bin/python").exists(),
-            Release::NodeCurrent | Release::Node152 => {
+            Release::NodeCurrent | Release::Node152 | Release::Node140 => {
                 self.dir().join("node_modules/@azure/identity").is_dir()
             }
         }
@@ -124,6 +127,7 @@ pub fn matrix_available(test: &str) -> bool {
         Release::Py150,
         Release::NodeCurrent,
         Release::Node152,
+        Release::Node140,
     ]
     .into_iter()
     .filter(|r| !r.installed())
@@ -153,7 +157,7 @@ pub fn matrix_client(
             c.arg(clients.join("matrix_client.py"));
             c
         }
-        Release::NodeCurrent | Release::Node152 => {
+        Release::NodeCurrent | Release::Node152 | Release::Node140 => {
             let mut envs = envs.to_vec();
             envs.push(("SDK_NODE_DIR", release.dir().display().to_string()));
             let mut c = clean(PathBuf::from("node"), &envs);
