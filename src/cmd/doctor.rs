@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::serve::ServeArgs;
+use crate::cloud::Cloud;
 use crate::config::ServeConfig;
 use crate::core::entra::{EntraClient, EntraError, error_chain};
 use crate::core::federated::{FederatedToken, SourceError, read_token};
@@ -68,8 +69,12 @@ pub fn run(args: DoctorArgs) -> ExitCode {
     let cfg = match args.serve.validate() {
         Ok(c) => {
             r.ok(&format!(
-                "client id {}, tenant {}, authority {}",
-                c.client_id, c.tenant_id, c.authority
+                "client id {}, tenant {}, authority {} ({})",
+                c.client_id,
+                c.tenant_id,
+                c.authority,
+                Cloud::of_authority(&c.authority)
+                    .map_or_else(|| "not a known cloud's".to_string(), |k| k.to_string())
             ));
             c
         }
@@ -110,6 +115,9 @@ pub fn run(args: DoctorArgs) -> ExitCode {
         return ExitCode::FAILURE;
     }
     r.ok("the file holds an unexpired JWT");
+    if let Some(advice) = crate::cloud::issuer_advice(&cfg.authority, &c.iss) {
+        r.warn(&advice);
+    }
     if !c.aud.iter().any(|a| a == EXCHANGE_AUDIENCE) {
         r.warn(&format!(
             "audience is not {EXCHANGE_AUDIENCE}: Entra ID will refuse it unless the federated \

@@ -15,6 +15,7 @@ use reqwest::Url;
 use uuid::Uuid;
 
 use super::flags::{self, Checked};
+use crate::cloud::Cloud;
 use crate::config::{
     DEFAULT_AUTHORITY, DEFAULT_PORT, DEFAULT_WORKER_THREADS, Listen, Policy, ResourceRule,
     ServeConfig,
@@ -47,9 +48,17 @@ pub struct ServeArgs {
     pub token_file: Option<PathBuf>,
 
     /// Entra ID authority. Must be https://, except http:// for loopback hosts (tests, local dev).
-    /// [default: https://login.microsoftonline.com/]
+    /// Wins over --cloud and AZURE_ENVIRONMENT. [default: the cloud's, else
+    /// https://login.microsoftonline.com/]
     #[arg(long, env = "AZURE_AUTHORITY_HOST", value_name = "URL", value_parser = Checked(flags::authority))]
     pub authority_host: Option<Url>,
+
+    /// Azure cloud whose authority to use when --authority-host / AZURE_AUTHORITY_HOST is not
+    /// set: AzurePublicCloud (login.microsoftonline.com), AzureUSGovernment
+    /// (login.microsoftonline.us) or AzureChinaCloud (login.chinacloudapi.cn), any case.
+    /// [default: AzurePublicCloud]
+    #[arg(long, env = "AZURE_ENVIRONMENT", value_name = "CLOUD", value_parser = Checked(Cloud::parse))]
+    pub cloud: Option<Cloud>,
 
     /// Address to serve on; repeat the flag or give a comma list in the variable.
     /// [default: 127.0.0.1:8000 and [::1]:8000 where IPv6 loopback exists]
@@ -174,9 +183,13 @@ impl ServeArgs {
             .token_file
             .clone()
             .ok_or_else(|| missing("--token-file", "AZURE_FEDERATED_TOKEN_FILE"))?;
-        let authority = match &self.authority_host {
-            Some(url) => url.clone(),
-            None => flags::authority(DEFAULT_AUTHORITY)
+        // --authority-host, then AZURE_AUTHORITY_HOST (clap: the flag wins over its variable),
+        // then --cloud, then AZURE_ENVIRONMENT, then the public cloud.
+        let authority = match (&self.authority_host, self.cloud) {
+            (Some(url), _) => url.clone(),
+            (None, Some(cloud)) => flags::authority(&cloud.authority())
+                .map_err(|e| err("--cloud", "AZURE_ENVIRONMENT", e))?,
+            (None, None) => flags::authority(DEFAULT_AUTHORITY)
                 .map_err(|e| err("--authority-host", "AZURE_AUTHORITY_HOST", e))?,
         };
 
@@ -380,6 +393,31 @@ mod tests {
             c.policy.allowed_client_ids,
             vec!["11111111-2222-3333-4444-555555555555"]
         );
+    }
+
+    #[test]
+    fn each_cloud_sets_its_authority_unless_an_authority_is_given() {
+        for (cloud, host) in [
+            (Cloud::Public, "https://login.microsoftonline.com/"),
+            (Cloud::UsGovernment, "https://login.microsoftonline.us/"),
+            (Cloud::China, "https://login.chinacloudapi.cn/"),
+        ] {
+            let c = ServeArgs {
+                cloud: Some(cloud),
+                ..args()
+            }
+            .validate()
+            .expect("valid");
+            assert_eq!(c.authority.as_str(), host);
+        }
+        let c = ServeArgs {
+            cloud: Some(Cloud::China),
+            authority_host: flags::authority("https://login.example/").ok(),
+            ..args()
+        }
+        .validate()
+        .expect("valid");
+        assert_eq!(c.authority.as_str(), "https://login.example/");
     }
 
     #[test]
