@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use reqwest::Url;
 
+use crate::core::egress::EgressProxy;
 use crate::core::secret::Secret;
 use crate::telemetry::logging::LogFormat;
 
@@ -36,6 +37,8 @@ pub struct ServeConfig {
     /// PEM bundles trusted for Entra ID besides the system roots and `SSL_CERT_FILE` (used by
     /// `dev` for the mock's CA; not a flag).
     pub extra_ca_files: Vec<PathBuf>,
+    /// The egress proxy of the outbound legs (`HTTPS_PROXY`, `HTTP_PROXY`, `NO_PROXY`).
+    pub egress: EgressProxy,
 }
 
 /// Where to listen.

@@ -55,6 +55,7 @@ impl Service {
             cfg.entra_timeout,
             cfg.entra_budget,
             &cfg.extra_ca_files,
+            &cfg.egress,
             Arc::clone(&metrics),
         )?;
         let passthrough = if cfg.imds_passthrough {

@@ -10,6 +10,7 @@ use std::time::Duration;
 use super::serve::ServeArgs;
 use crate::cloud::Cloud;
 use crate::config::ServeConfig;
+use crate::core::egress::{ProxyCheck, check_proxy};
 use crate::core::entra::{EntraClient, EntraError, error_chain};
 use crate::core::federated::{FederatedToken, SourceError, read_token};
 use crate::telemetry::metrics::Metrics;
@@ -76,6 +77,11 @@ pub fn run(args: DoctorArgs) -> ExitCode {
                 Cloud::of_authority(&c.authority)
                     .map_or_else(|| "not a known cloud's".to_string(), |k| k.to_string())
             ));
+            println!(
+                "        egress   Entra ID ({}): {}",
+                c.authority.host_str().unwrap_or_default(),
+                c.egress.route(&c.authority)
+            );
             c
         }
         Err(e) => {
@@ -159,7 +165,8 @@ async fn check_authority(r: &mut Report, cfg: &ServeConfig) {
         cfg.tenant_id
     ));
     let http = crate::core::entra::tls_config(&cfg.extra_ca_files).and_then(|tls| {
-        reqwest::Client::builder()
+        cfg.egress
+            .apply(reqwest::Client::builder())
             .use_preconfigured_tls(tls)
             .timeout(Duration::from_secs(10))
             .build()
@@ -200,11 +207,35 @@ async fn check_authority(r: &mut Report, cfg: &ServeConfig) {
                 ));
             }
         }
-        Err(e) => r.fail(
-            &format!("cannot reach {}: {}", cfg.authority, error_chain(&e)),
-            "Check DNS, egress NetworkPolicies and proxies (HTTPS_PROXY) from this pod to the \
-             authority; for a private CA set SSL_CERT_FILE.",
-        ),
+        Err(e) => {
+            if let Some(proxy) = cfg.egress.proxy_for(&url)
+                && let ProxyCheck::Failed(answer) = check_proxy(
+                    proxy,
+                    url.host_str().unwrap_or_default(),
+                    url.port_or_known_default().unwrap_or(443),
+                    Duration::from_secs(5),
+                )
+                .await
+            {
+                return r.fail(
+                    &format!(
+                        "cannot reach {} through the proxy {proxy} ({}): {answer}",
+                        cfg.authority, proxy.source
+                    ),
+                    &format!(
+                        "The egress proxy refused or failed. Check {} (host, port, and \
+                         user:password in the URL if the proxy asks for them: 407), or add the \
+                         authority's host to NO_PROXY if it must be reached directly.",
+                        proxy.source
+                    ),
+                );
+            }
+            r.fail(
+                &format!("cannot reach {}: {}", cfg.authority, error_chain(&e)),
+                "Check DNS, egress NetworkPolicies and proxies (HTTPS_PROXY, NO_PROXY) from this \
+                 pod to the authority; for a private CA set SSL_CERT_FILE.",
+            )
+        }
     }
 }
 
@@ -217,6 +248,7 @@ async fn check_exchange(r: &mut Report, cfg: &ServeConfig, token: &FederatedToke
         cfg.entra_timeout,
         cfg.entra_timeout,
         &cfg.extra_ca_files,
+        &cfg.egress,
         Arc::new(Metrics::new()),
     ) {
         Ok(e) => e,

@@ -20,6 +20,7 @@ use crate::config::{
     DEFAULT_AUTHORITY, DEFAULT_PORT, DEFAULT_WORKER_THREADS, Listen, Policy, ResourceRule,
     ServeConfig,
 };
+use crate::core::egress::EgressProxy;
 use crate::core::secret::Secret;
 use crate::duration;
 use crate::server;
@@ -254,6 +255,8 @@ impl ServeArgs {
             shutdown_grace: self.shutdown_grace.unwrap_or(Duration::from_secs(10)),
             worker_threads: self.worker_threads.unwrap_or(DEFAULT_WORKER_THREADS),
             extra_ca_files: Vec::new(),
+            egress: EgressProxy::from_env()
+                .map_err(|e| err("proxy", "HTTPS_PROXY / HTTP_PROXY", e))?,
         })
     }
 }
@@ -322,6 +325,7 @@ fn log_startup(cfg: &ServeConfig, addrs: &[std::net::SocketAddr]) {
         client_id = %cfg.client_id,
         tenant_id = %cfg.tenant_id,
         authority = %cfg.authority,
+        entra_egress = %cfg.egress.route(&cfg.authority),
         token_file = %cfg.token_file.display(),
         allowed_client_ids = %cfg.policy.allowed_client_ids.join(","),
         app_service = if cfg.policy.identity_header.is_some() {

@@ -13,6 +13,7 @@ use reqwest::Url;
 use serde::Deserialize;
 
 use super::backoff::Backoff;
+use super::egress::{EgressProxy, ProxyCheck, check_proxy};
 use super::secret::Secret;
 use crate::telemetry::metrics::{EntraOutcome, Metrics};
 
@@ -26,6 +27,10 @@ const BACKOFF: Backoff = Backoff {
 /// Used when a 429 or 503 says to wait but not how long.
 const DEFAULT_RETRY_AFTER: Duration = Duration::from_secs(5);
 const MAX_ERROR_TEXT: usize = 2048;
+/// How long the diagnosis of a failing egress proxy may take.
+const PROXY_CHECK_LIMIT: Duration = Duration::from_secs(3);
+/// `Retry-After` when the egress proxy refused or failed.
+const PROXY_RETRY_AFTER: Duration = Duration::from_secs(5);
 
 /// What Entra ID issued.
 #[derive(Debug, Clone)]
@@ -68,6 +73,7 @@ pub struct EntraClient {
     token_url: Url,
     attempt_timeout: Duration,
     budget: Duration,
+    egress: EgressProxy,
     metrics: Arc<Metrics>,
 }
 
@@ -78,13 +84,15 @@ impl EntraClient {
         attempt_timeout: Duration,
         budget: Duration,
         extra_ca_files: &[std::path::PathBuf],
+        egress: &EgressProxy,
         metrics: Arc<Metrics>,
     ) -> Result<Self, String> {
         let token_url = authority
             .join(&format!("{tenant}/oauth2/v2.0/token"))
             .map_err(|e| format!("cannot build the token URL from {authority}: {e}"))?;
         let tls = tls_config(extra_ca_files)?;
-        let http = reqwest::Client::builder()
+        let http = egress
+            .apply(reqwest::Client::builder())
             .use_preconfigured_tls(tls)
             .connect_timeout(attempt_timeout.min(Duration::from_secs(5)))
             .timeout(attempt_timeout)
@@ -97,6 +105,7 @@ impl EntraClient {
             token_url,
             attempt_timeout,
             budget,
+            egress: egress.clone(),
             metrics,
         })
     }
@@ -125,6 +134,12 @@ impl EntraClient {
                 }
                 Err(Attempt::Final(e)) => {
                     self.metrics.entra_call(EntraOutcome::Rejected);
+                    return Err(e);
+                }
+                Err(Attempt::ProxyFailed(e)) => {
+                    // Retrying a proxy that refuses us only delays the 503 the caller retries.
+                    self.metrics.entra_call(EntraOutcome::ConnectError);
+                    tracing::warn!(client_id, scope, "giving up on Entra ID for now: {e}");
                     return Err(e);
                 }
                 Err(Attempt::Retry {
@@ -183,6 +198,9 @@ impl EntraClient {
         {
             Ok(r) => r,
             Err(e) => {
+                if let Some(failed) = self.proxy_failure(&e).await {
+                    return Err(failed);
+                }
                 let (outcome, what) = if e.is_timeout() {
                     (
                         EntraOutcome::Timeout,
@@ -286,8 +304,42 @@ impl EntraClient {
     }
 }
 
+impl EntraClient {
+    /// When the token URL goes through an egress proxy and the call failed to connect, asks the
+    /// proxy what it answers; `Some` when the proxy is the problem (refused, down, 407, ...),
+    /// after one log line naming the proxy (`host:port`, never its credentials) and its answer.
+    async fn proxy_failure(&self, e: &reqwest::Error) -> Option<Attempt> {
+        if !(e.is_connect() || e.is_timeout()) {
+            return None;
+        }
+        let proxy = self.egress.proxy_for(&self.token_url)?;
+        let host = self.token_url.host_str()?;
+        let port = self.token_url.port_or_known_default()?;
+        match check_proxy(proxy, host, port, PROXY_CHECK_LIMIT).await {
+            ProxyCheck::Open => None,
+            ProxyCheck::Failed(answer) => {
+                tracing::warn!(
+                    proxy = %proxy,
+                    proxy_source = proxy.source,
+                    destination = %format!("{host}:{port}"),
+                    "the egress proxy failed: {answer}"
+                );
+                Some(Attempt::ProxyFailed(EntraError::Unavailable {
+                    detail: format!(
+                        "cannot reach {host} through the proxy {proxy} ({}): {answer}",
+                        proxy.source
+                    ),
+                    retry_after: Some(PROXY_RETRY_AFTER),
+                }))
+            }
+        }
+    }
+}
+
 enum Attempt {
     Final(EntraError),
+    /// The egress proxy refused or failed: no retry.
+    ProxyFailed(EntraError),
     Retry {
         err: EntraError,
         retry_after: Option<Duration>,

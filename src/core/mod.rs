@@ -9,6 +9,7 @@
 //! - [`secret`]: values that never reach a log.
 pub mod backoff;
 pub mod cache;
+pub mod egress;
 pub mod entra;
 pub mod federated;
 pub mod jwt;

@@ -2,6 +2,7 @@
 //! and a sidecar started in-process or as a real process.
 #![allow(dead_code)]
 
+pub mod connect_proxy;
 pub mod fake_entra;
 pub mod mock_sdk;
 pub mod sdk;
