@@ -9,6 +9,7 @@ use reqwest::Url;
 
 use crate::core::egress::EgressProxy;
 use crate::core::secret::Secret;
+use crate::core::token_proxy::TokenProxyConfig;
 use crate::telemetry::logging::LogFormat;
 
 pub const DEFAULT_AUTHORITY: &str = "https://login.microsoftonline.com/";
@@ -39,6 +40,8 @@ pub struct ServeConfig {
     pub extra_ca_files: Vec<PathBuf>,
     /// The egress proxy of the outbound legs (`HTTPS_PROXY`, `HTTP_PROXY`, `NO_PROXY`).
     pub egress: EgressProxy,
+    /// AKS identity bindings: the token proxy the token request goes to instead of the authority.
+    pub token_proxy: Option<TokenProxyConfig>,
 }
 
 /// Where to listen.

@@ -187,6 +187,23 @@ impl EgressProxy {
             me.proxy_for(url).map(|p| p.url.clone())
         }))
     }
+
+    /// Like [`EgressProxy::apply`], but every request of the client takes the route of
+    /// `decided_for`: for the token-proxy leg, whose requests name the SNI host while the
+    /// connection goes to the proxy's host.
+    pub fn apply_for(
+        &self,
+        builder: reqwest::ClientBuilder,
+        decided_for: &Url,
+    ) -> reqwest::ClientBuilder {
+        match self.proxy_for(decided_for) {
+            None => builder.no_proxy(),
+            Some(p) => {
+                let url = p.url.clone();
+                builder.proxy(reqwest::Proxy::custom(move |_| Some(url.clone())))
+            }
+        }
+    }
 }
 
 /// What a proxy answers to `CONNECT target`, for errors, logs and `doctor`.

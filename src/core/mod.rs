@@ -14,6 +14,7 @@ pub mod entra;
 pub mod federated;
 pub mod jwt;
 pub mod secret;
+pub mod token_proxy;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -7,6 +7,7 @@ pub mod fake_entra;
 pub mod mock_sdk;
 pub mod sdk;
 pub mod system;
+pub mod token_proxy;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
