@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use reqwest::Url;
 
+use crate::core::egress::EgressProxy;
 use crate::core::secret::Secret;
+use crate::core::token_proxy::TokenProxyConfig;
 use crate::protocol::user_agent::ExpiresOnMode;
 use crate::telemetry::logging::LogFormat;
 
@@ -37,6 +39,10 @@ pub struct ServeConfig {
     /// PEM bundles trusted for Entra ID besides the system roots and `SSL_CERT_FILE` (used by
     /// `dev` for the mock's CA; not a flag).
     pub extra_ca_files: Vec<PathBuf>,
+    /// The egress proxy of the outbound legs (`HTTPS_PROXY`, `HTTP_PROXY`, `NO_PROXY`).
+    pub egress: EgressProxy,
+    /// AKS identity bindings: the token proxy the token request goes to instead of the authority.
+    pub token_proxy: Option<TokenProxyConfig>,
 }
 
 /// Where to listen.

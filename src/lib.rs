@@ -4,7 +4,7 @@
 //! Read it top down:
 //! - [`cmd`]: one file per subcommand (`serve`, `dev`, `doctor`, `token`, `probe`,
 //!   `init-network`, `mock-aad`), each with its own flags;
-//! - [`config`]: the validated settings `serve` runs on;
+//! - [`config`]: the validated settings `serve` runs on; [`cloud`]: the Azure clouds by name;
 //! - [`server`]: listeners, limits, routing and graceful shutdown, around a ready-made
 //!   [`service`]: the request path (token, health, readiness, metrics endpoints);
 //! - [`duration`]: the one duration syntax of every flag;
@@ -14,6 +14,7 @@
 //! - [`netfilter`]: the NAT rules that send 169.254.169.254 to the sidecar (init container);
 //! - [`mock_aad`]: a stand-in Entra ID for local development and tests, never on the request path
 //!   of `serve`.
+pub mod cloud;
 pub mod cmd;
 pub mod config;
 pub mod core;

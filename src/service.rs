@@ -36,6 +36,8 @@ pub struct Service {
     tokens: TokenService,
     metrics: Arc<Metrics>,
     passthrough: Option<reqwest::Client>,
+    /// The identity-binding token proxy's URL, named by `/readyz`.
+    token_proxy: Option<String>,
     watch: tokio::task::JoinHandle<()>,
 }
 
@@ -56,7 +58,7 @@ impl Service {
             &cfg.tenant_id,
             cfg.entra_timeout,
             cfg.entra_budget,
-            &cfg.extra_ca_files,
+            crate::core::entra::Outbound::of(cfg),
             Arc::clone(&metrics),
         )?;
         let passthrough = if cfg.imds_passthrough {
@@ -74,6 +76,7 @@ impl Service {
         let watch = source.watch();
         let tokens = TokenService::new(source, entra, cfg.max_cached_tokens, Arc::clone(&metrics));
         Ok(Arc::new(Service {
+            token_proxy: cfg.token_proxy.as_ref().map(|t| t.url.to_string()),
             policy: cfg.policy.clone(),
             imds_address: cfg.imds_address,
             tokens,
@@ -160,25 +163,25 @@ impl Service {
         if let Some(refused) = only_get(req) {
             return refused;
         }
-        match self.tokens.source().ready() {
-            Ok(t) => {
-                let body = serde_json::json!({
+        let mut body = match self.tokens.source().ready() {
+            Ok(t) => serde_json::json!({
                     "status": "ready",
                     "federated_token": {
                         "iss": t.claims.iss, "sub": t.claims.sub, "aud": t.claims.aud,
                         "exp": t.claims.exp, "seconds_left": t.seconds_left(),
                     },
-                });
-                json(StatusCode::OK, body.to_string().into_bytes())
-            }
-            Err(e) => {
-                let body = serde_json::json!({ "status": "not_ready", "reason": e.to_string() });
-                json(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    body.to_string().into_bytes(),
-                )
-            }
+            }),
+            Err(e) => serde_json::json!({ "status": "not_ready", "reason": e.to_string() }),
+        };
+        let status = if body["status"] == "ready" {
+            StatusCode::OK
+        } else {
+            StatusCode::SERVICE_UNAVAILABLE
+        };
+        if let Some(url) = &self.token_proxy {
+            body["token_proxy"] = serde_json::Value::String(url.clone());
         }
+        json(status, body.to_string().into_bytes())
     }
 
     /// `/metrics`, in Prometheus' text format.

@@ -8,9 +8,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::serve::ServeArgs;
+use crate::cloud::Cloud;
 use crate::config::ServeConfig;
+use crate::core::egress::{ProxyCheck, check_proxy};
 use crate::core::entra::{EntraClient, EntraError, error_chain};
 use crate::core::federated::{FederatedToken, SourceError, read_token};
+use crate::core::token_proxy::{CaSource, TokenProxyConfig};
 use crate::telemetry::metrics::Metrics;
 
 const EXCHANGE_AUDIENCE: &str = "api://AzureADTokenExchange";
@@ -68,9 +71,31 @@ pub fn run(args: DoctorArgs) -> ExitCode {
     let cfg = match args.serve.validate() {
         Ok(c) => {
             r.ok(&format!(
-                "client id {}, tenant {}, authority {}",
-                c.client_id, c.tenant_id, c.authority
+                "client id {}, tenant {}, authority {} ({})",
+                c.client_id,
+                c.tenant_id,
+                c.authority,
+                Cloud::of_authority(&c.authority)
+                    .map_or_else(|| "not a known cloud's".to_string(), |k| k.to_string())
             ));
+            println!(
+                "        egress   Entra ID ({}): {}",
+                c.authority.host_str().unwrap_or_default(),
+                c.egress.route(&c.authority)
+            );
+            if let Some(tp) = &c.token_proxy {
+                println!(
+                    "        binding  token proxy {} (TLS name {}, CA {}); egress: {}",
+                    tp.url,
+                    tp.tls_name(),
+                    match &tp.ca {
+                        Some(CaSource::File(f)) => format!("file {}", f.display()),
+                        Some(CaSource::Data(_)) => "from AZURE_KUBERNETES_CA_DATA".into(),
+                        None => "system roots".into(),
+                    },
+                    c.egress.route(&tp.url)
+                );
+            }
             c
         }
         Err(e) => {
@@ -110,6 +135,9 @@ pub fn run(args: DoctorArgs) -> ExitCode {
         return ExitCode::FAILURE;
     }
     r.ok("the file holds an unexpired JWT");
+    if let Some(advice) = crate::cloud::issuer_advice(&cfg.authority, &c.iss) {
+        r.warn(&advice);
+    }
     if !c.aud.iter().any(|a| a == EXCHANGE_AUDIENCE) {
         r.warn(&format!(
             "audience is not {EXCHANGE_AUDIENCE}: Entra ID will refuse it unless the federated \
@@ -129,7 +157,11 @@ pub fn run(args: DoctorArgs) -> ExitCode {
         }
     };
     rt.block_on(async {
-        check_authority(&mut r, &cfg).await;
+        match &cfg.token_proxy {
+            // Identity bindings: the token request goes to the token proxy, not the authority.
+            Some(tp) => check_token_proxy(&mut r, &cfg, tp).await,
+            None => check_authority(&mut r, &cfg).await,
+        }
         if !r.failed {
             check_exchange(&mut r, &cfg, &token, &args.resource).await;
         }
@@ -151,7 +183,8 @@ async fn check_authority(r: &mut Report, cfg: &ServeConfig) {
         cfg.tenant_id
     ));
     let http = crate::core::entra::tls_config(&cfg.extra_ca_files).and_then(|tls| {
-        reqwest::Client::builder()
+        cfg.egress
+            .apply(reqwest::Client::builder())
             .use_preconfigured_tls(tls)
             .timeout(Duration::from_secs(10))
             .build()
@@ -192,23 +225,189 @@ async fn check_authority(r: &mut Report, cfg: &ServeConfig) {
                 ));
             }
         }
-        Err(e) => r.fail(
-            &format!("cannot reach {}: {}", cfg.authority, error_chain(&e)),
-            "Check DNS, egress NetworkPolicies and proxies (HTTPS_PROXY) from this pod to the \
-             authority; for a private CA set SSL_CERT_FILE.",
-        ),
+        Err(e) => {
+            if let Some(proxy) = cfg.egress.proxy_for(&url)
+                && let ProxyCheck::Failed(answer) = check_proxy(
+                    proxy,
+                    url.host_str().unwrap_or_default(),
+                    url.port_or_known_default().unwrap_or(443),
+                    Duration::from_secs(5),
+                )
+                .await
+            {
+                return r.fail(
+                    &format!(
+                        "cannot reach {} through the proxy {proxy} ({}): {answer}",
+                        cfg.authority, proxy.source
+                    ),
+                    &format!(
+                        "The egress proxy refused or failed. Check {} (host, port, and \
+                         user:password in the URL if the proxy asks for them: 407), or add the \
+                         authority's host to NO_PROXY if it must be reached directly.",
+                        proxy.source
+                    ),
+                );
+            }
+            r.fail(
+                &format!("cannot reach {}: {}", cfg.authority, error_chain(&e)),
+                "Check DNS, egress NetworkPolicies and proxies (HTTPS_PROXY, NO_PROXY) from this \
+                 pod to the authority; for a private CA set SSL_CERT_FILE.",
+            )
+        }
     }
+}
+
+/// Step 3 with identity bindings: the token proxy answers TLS for its SNI name with a certificate
+/// the configured CA signed. Each failure gets its own explanation.
+async fn check_token_proxy(r: &mut Report, cfg: &ServeConfig, tp: &TokenProxyConfig) {
+    use rustls::{CertificateError, Error as TlsError};
+    println!("3. token proxy {} (identity bindings)", tp.url);
+    let name = tp.tls_name();
+    let host = tp.url.host_str().unwrap_or_default().to_string();
+    let port = tp.port();
+    let pem = match &tp.ca {
+        None => Vec::new(),
+        Some(CaSource::Data(d)) => d.as_bytes().to_vec(),
+        Some(CaSource::File(f)) => match std::fs::read(f) {
+            Ok(p) if !p.iter().all(u8::is_ascii_whitespace) => p,
+            Ok(_) => {
+                return r.fail(
+                    &format!("AZURE_KUBERNETES_CA_FILE {} is empty", f.display()),
+                    "The file must hold the token proxy's CA (PEM); in a pod the webhook projects \
+                     it. An empty file is only expected for an instant during a rotation.",
+                );
+            }
+            Err(e) => {
+                return r.fail(
+                    &format!("cannot read AZURE_KUBERNETES_CA_FILE {}: {e}", f.display()),
+                    "Mount the token proxy's CA into this container and point \
+                     AZURE_KUBERNETES_CA_FILE at it.",
+                );
+            }
+        },
+    };
+    let tls = if pem.is_empty() {
+        crate::core::entra::tls_config(&cfg.extra_ca_files)
+    } else {
+        crate::core::token_proxy::tls_for_ca(&pem)
+    };
+    let tls = match tls {
+        Ok(t) => t,
+        Err(e) => {
+            return r.fail(
+                &format!("the token proxy's CA is not usable: {e}"),
+                "AZURE_KUBERNETES_CA_FILE / AZURE_KUBERNETES_CA_DATA must hold PEM CA certificates.",
+            );
+        }
+    };
+    let Ok(server_name) = rustls_pki_types::ServerName::try_from(name.clone()) else {
+        return r.fail(
+            &format!("the TLS name {name:?} is not a DNS name or IP address"),
+            "Fix AZURE_KUBERNETES_SNI_NAME.",
+        );
+    };
+    let limit = Duration::from_secs(5);
+    let tcp = match tokio::time::timeout(
+        limit,
+        tokio::net::TcpStream::connect((host.trim_matches(['[', ']']), port)),
+    )
+    .await
+    {
+        Ok(Ok(t)) => t,
+        Ok(Err(e)) => {
+            return r.fail(
+                &format!("cannot connect to the token proxy {host}:{port}: {e}"),
+                "The token proxy must be reachable from this pod: check AZURE_KUBERNETES_TOKEN_PROXY \
+                 (the webhook injects it) and NetworkPolicies.",
+            );
+        }
+        Err(_) => {
+            return r.fail(
+                &format!("no TCP connection to the token proxy {host}:{port} within 5s"),
+                "Check AZURE_KUBERNETES_TOKEN_PROXY and NetworkPolicies.",
+            );
+        }
+    };
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(tls));
+    let handshake = tokio::time::timeout(limit, connector.connect(server_name, tcp)).await;
+    let e = match handshake {
+        Ok(Ok(_)) => {
+            return r.ok(&format!(
+                "TLS to {host}:{port} with SNI {name}: the certificate is valid for {name} and \
+                 signed by the trusted CA"
+            ));
+        }
+        Ok(Err(e)) => e,
+        Err(_) => {
+            return r.fail(
+                &format!(
+                    "the token proxy {host}:{port} did not finish the TLS handshake within 5s"
+                ),
+                "Check that AZURE_KUBERNETES_TOKEN_PROXY names the token proxy's TLS port.",
+            );
+        }
+    };
+    let tls_error = e
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<TlsError>());
+    let (what, fix) = match tls_error {
+        Some(TlsError::InvalidCertificate(CertificateError::UnknownIssuer)) => (
+            "the token proxy's certificate is not signed by the trusted CA".to_string(),
+            "The CA in AZURE_KUBERNETES_CA_FILE / AZURE_KUBERNETES_CA_DATA did not sign the \
+             proxy's certificate: a stale CA after a rotation, or the wrong ConfigMap / \
+             ClusterTrustBundle."
+                .to_string(),
+        ),
+        Some(TlsError::InvalidCertificate(
+            CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
+        )) => (
+            format!("the token proxy's certificate is not valid for the TLS name {name}"),
+            "Set AZURE_KUBERNETES_SNI_NAME to the name the token proxy's certificate carries (the \
+             webhook injects it)."
+                .to_string(),
+        ),
+        Some(TlsError::InvalidCertificate(
+            CertificateError::Expired | CertificateError::ExpiredContext { .. },
+        )) => (
+            "the token proxy's certificate has expired".to_string(),
+            "The token proxy serves an expired certificate, or this node's clock is wrong."
+                .to_string(),
+        ),
+        Some(TlsError::AlertReceived(alert)) => (
+            format!("the token proxy refused the TLS handshake for SNI {name} (alert {alert:?})"),
+            format!(
+                "The token proxy serves only its own name and {name} is not it: set \
+                 AZURE_KUBERNETES_SNI_NAME to the name the webhook injects{}.",
+                if tp.sni.is_none() {
+                    " (it is unset, so the proxy's host was sent)"
+                } else {
+                    ""
+                }
+            ),
+        ),
+        _ => (
+            format!("TLS to the token proxy {host}:{port} failed: {e}"),
+            "Check AZURE_KUBERNETES_TOKEN_PROXY, AZURE_KUBERNETES_SNI_NAME and the CA.".to_string(),
+        ),
+    };
+    r.fail(&what, &fix);
 }
 
 /// Step 4: one real exchange of the federated token.
 async fn check_exchange(r: &mut Report, cfg: &ServeConfig, token: &FederatedToken, resource: &str) {
-    println!("4. token exchange (resource {resource})");
+    match &cfg.token_proxy {
+        Some(tp) => println!(
+            "4. token exchange (resource {resource}) through the token proxy {}",
+            tp.url
+        ),
+        None => println!("4. token exchange (resource {resource})"),
+    }
     let entra = match EntraClient::new(
         &cfg.authority,
         &cfg.tenant_id,
         cfg.entra_timeout,
         cfg.entra_timeout,
-        &cfg.extra_ca_files,
+        crate::core::entra::Outbound::of(cfg),
         Arc::new(Metrics::new()),
     ) {
         Ok(e) => e,

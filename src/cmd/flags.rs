@@ -148,6 +148,16 @@ fn is_loopback_host(url: &Url) -> bool {
     }
 }
 
+/// The identity-binding token proxy: `https`, without userinfo, query or fragment.
+pub fn token_proxy(text: &str) -> Result<Url, String> {
+    crate::core::token_proxy::validate_url(text)
+}
+
+/// A value that must not be blank.
+pub fn non_blank(text: &str) -> Result<String, String> {
+    required(text).map(str::to_string)
+}
+
 /// An address with a port.
 pub fn socket_addr(text: &str) -> Result<SocketAddr, String> {
     let t = text.trim();

@@ -47,6 +47,12 @@ pub struct MockAadArgs {
     #[arg(long = "tls-name", value_name = "NAME")]
     pub tls_names: Vec<String>,
 
+    /// Present the mock as this cloud's Entra ID (AzurePublicCloud, AzureUSGovernment,
+    /// AzureChinaCloud): its authority host goes into the certificate and the advertised URL.
+    /// Names only: the mock still listens on --listen.
+    #[arg(long, value_name = "CLOUD", value_parser = super::flags::Checked(crate::cloud::Cloud::parse))]
+    pub cloud: Option<crate::cloud::Cloud>,
+
     /// Where to write the generated CA certificate (PEM) for clients to trust
     /// (default: $TMPDIR/identity-sidecar-mock-aad/ca.pem).
     #[arg(long, env = "MOCK_AAD_CA_FILE", value_name = "PATH")]
@@ -171,6 +177,7 @@ impl MockAadArgs {
             plain_http: self.plain_http,
             public_url: self.public_url.clone(),
             tls_names: self.tls_names.clone(),
+            cloud: self.cloud,
             ca_file,
             apps,
             extra_tenants: file.tenants,

@@ -15,11 +15,14 @@ use reqwest::Url;
 use uuid::Uuid;
 
 use super::flags::{self, Checked};
+use crate::cloud::Cloud;
 use crate::config::{
     DEFAULT_AUTHORITY, DEFAULT_PORT, DEFAULT_WORKER_THREADS, Listen, Policy, ResourceRule,
     ServeConfig,
 };
+use crate::core::egress::EgressProxy;
 use crate::core::secret::Secret;
+use crate::core::token_proxy::{CaSource, TokenProxyConfig};
 use crate::duration;
 use crate::protocol::user_agent::ExpiresOnMode;
 use crate::server;
@@ -48,9 +51,38 @@ pub struct ServeArgs {
     pub token_file: Option<PathBuf>,
 
     /// Entra ID authority. Must be https://, except http:// for loopback hosts (tests, local dev).
-    /// [default: https://login.microsoftonline.com/]
+    /// Wins over --cloud and AZURE_ENVIRONMENT. [default: the cloud's, else
+    /// https://login.microsoftonline.com/]
     #[arg(long, env = "AZURE_AUTHORITY_HOST", value_name = "URL", value_parser = Checked(flags::authority))]
     pub authority_host: Option<Url>,
+
+    /// Azure cloud whose authority to use when --authority-host / AZURE_AUTHORITY_HOST is not
+    /// set: AzurePublicCloud (login.microsoftonline.com), AzureUSGovernment
+    /// (login.microsoftonline.us) or AzureChinaCloud (login.chinacloudapi.cn), any case.
+    /// [default: AzurePublicCloud]
+    #[arg(long, env = "AZURE_ENVIRONMENT", value_name = "CLOUD", value_parser = Checked(Cloud::parse))]
+    pub cloud: Option<Cloud>,
+
+    /// AKS identity bindings: send the Entra ID token request to this token proxy instead of the
+    /// authority (https, no user, query or fragment), as azure-identity's
+    /// `enable_azure_proxy` does: its scheme, host and port replace the authority's and its path
+    /// goes before the request's.
+    #[arg(long, env = "AZURE_KUBERNETES_TOKEN_PROXY", value_name = "URL", value_parser = Checked(flags::token_proxy))]
+    pub token_proxy: Option<Url>,
+
+    /// TLS name (SNI, and the name the certificate must carry) of the token proxy.
+    /// [default: the --token-proxy host]
+    #[arg(long, env = "AZURE_KUBERNETES_SNI_NAME", value_name = "NAME", value_parser = Checked(flags::non_blank))]
+    pub token_proxy_sni_name: Option<String>,
+
+    /// PEM file of the only CA trusted for the token proxy; re-read when it changes (an empty
+    /// file mid-rotation keeps the previous CA).
+    #[arg(long, env = "AZURE_KUBERNETES_CA_FILE", value_name = "PATH", value_parser = Checked(flags::path))]
+    pub token_proxy_ca_file: Option<PathBuf>,
+
+    /// PEM of the only CA trusted for the token proxy (instead of a file).
+    #[arg(long, env = "AZURE_KUBERNETES_CA_DATA", value_name = "PEM", hide_env_values = true, value_parser = Checked(flags::non_blank))]
+    pub token_proxy_ca_data: Option<String>,
 
     /// Address to serve on; repeat the flag or give a comma list in the variable.
     /// [default: 127.0.0.1:8000 and [::1]:8000 where IPv6 loopback exists]
@@ -187,11 +219,17 @@ impl ServeArgs {
             .token_file
             .clone()
             .ok_or_else(|| missing("--token-file", "AZURE_FEDERATED_TOKEN_FILE"))?;
-        let authority = match &self.authority_host {
-            Some(url) => url.clone(),
-            None => flags::authority(DEFAULT_AUTHORITY)
+        // --authority-host, then AZURE_AUTHORITY_HOST (clap: the flag wins over its variable),
+        // then --cloud, then AZURE_ENVIRONMENT, then the public cloud.
+        let authority = match (&self.authority_host, self.cloud) {
+            (Some(url), _) => url.clone(),
+            (None, Some(cloud)) => flags::authority(&cloud.authority())
+                .map_err(|e| err("--cloud", "AZURE_ENVIRONMENT", e))?,
+            (None, None) => flags::authority(DEFAULT_AUTHORITY)
                 .map_err(|e| err("--authority-host", "AZURE_AUTHORITY_HOST", e))?,
         };
+
+        let token_proxy = self.token_proxy_config()?;
 
         let mut addrs: Vec<SocketAddr> = Vec::new();
         for addr in self.listen.iter().flatten() {
@@ -255,7 +293,63 @@ impl ServeArgs {
             shutdown_grace: self.shutdown_grace.unwrap_or(Duration::from_secs(10)),
             worker_threads: self.worker_threads.unwrap_or(DEFAULT_WORKER_THREADS),
             extra_ca_files: Vec::new(),
+            egress: EgressProxy::from_env()
+                .map_err(|e| err("proxy", "HTTPS_PROXY / HTTP_PROXY", e))?,
+            token_proxy,
         })
+    }
+
+    /// The identity-binding settings and their rules (the SDKs' `CA_DATA_FILE_ERROR` and
+    /// `CUSTOM_PROXY_ENV_ERROR`): one CA source at most, and none of them without the proxy.
+    fn token_proxy_config(&self) -> Result<Option<TokenProxyConfig>, ConfigError> {
+        if self.token_proxy_ca_file.is_some() && self.token_proxy_ca_data.is_some() {
+            return Err(err(
+                "--token-proxy-ca-file and --token-proxy-ca-data",
+                "AZURE_KUBERNETES_CA_FILE and AZURE_KUBERNETES_CA_DATA",
+                "are both set; set only one",
+            ));
+        }
+        let Some(url) = &self.token_proxy else {
+            let set: Vec<&str> = [
+                (
+                    self.token_proxy_sni_name.is_some(),
+                    "AZURE_KUBERNETES_SNI_NAME",
+                ),
+                (
+                    self.token_proxy_ca_file.is_some(),
+                    "AZURE_KUBERNETES_CA_FILE",
+                ),
+                (
+                    self.token_proxy_ca_data.is_some(),
+                    "AZURE_KUBERNETES_CA_DATA",
+                ),
+            ]
+            .into_iter()
+            .filter_map(|(on, name)| on.then_some(name))
+            .collect();
+            if set.is_empty() {
+                return Ok(None);
+            }
+            return Err(err(
+                "--token-proxy",
+                "AZURE_KUBERNETES_TOKEN_PROXY",
+                format!(
+                    "is not set, but {} {} (identity-binding settings without the token proxy)",
+                    set.join(", "),
+                    if set.len() == 1 { "is" } else { "are" }
+                ),
+            ));
+        };
+        let ca = match (&self.token_proxy_ca_file, &self.token_proxy_ca_data) {
+            (Some(f), _) => Some(CaSource::File(f.clone())),
+            (None, Some(d)) => Some(CaSource::Data(d.clone())),
+            (None, None) => None,
+        };
+        Ok(Some(TokenProxyConfig {
+            url: url.clone(),
+            sni: self.token_proxy_sni_name.clone(),
+            ca,
+        }))
     }
 }
 
@@ -323,6 +417,11 @@ fn log_startup(cfg: &ServeConfig, addrs: &[std::net::SocketAddr]) {
         client_id = %cfg.client_id,
         tenant_id = %cfg.tenant_id,
         authority = %cfg.authority,
+        entra_egress = %cfg.egress.route(&cfg.authority),
+        token_proxy = %cfg
+            .token_proxy
+            .as_ref()
+            .map_or_else(|| "none".to_string(), |t| t.url.to_string()),
         token_file = %cfg.token_file.display(),
         allowed_client_ids = %cfg.policy.allowed_client_ids.join(","),
         app_service = if cfg.policy.identity_header.is_some() {
@@ -395,6 +494,31 @@ mod tests {
             c.policy.allowed_client_ids,
             vec!["11111111-2222-3333-4444-555555555555"]
         );
+    }
+
+    #[test]
+    fn each_cloud_sets_its_authority_unless_an_authority_is_given() {
+        for (cloud, host) in [
+            (Cloud::Public, "https://login.microsoftonline.com/"),
+            (Cloud::UsGovernment, "https://login.microsoftonline.us/"),
+            (Cloud::China, "https://login.chinacloudapi.cn/"),
+        ] {
+            let c = ServeArgs {
+                cloud: Some(cloud),
+                ..args()
+            }
+            .validate()
+            .expect("valid");
+            assert_eq!(c.authority.as_str(), host);
+        }
+        let c = ServeArgs {
+            cloud: Some(Cloud::China),
+            authority_host: flags::authority("https://login.example/").ok(),
+            ..args()
+        }
+        .validate()
+        .expect("valid");
+        assert_eq!(c.authority.as_str(), "https://login.example/");
     }
 
     #[test]

@@ -13,7 +13,9 @@ use reqwest::Url;
 use serde::Deserialize;
 
 use super::backoff::Backoff;
+use super::egress::{EgressProxy, ProxyCheck, check_proxy};
 use super::secret::Secret;
+use super::token_proxy::{TokenProxyConfig, TokenProxyLeg};
 use crate::telemetry::metrics::{EntraOutcome, Metrics};
 
 const CLIENT_ASSERTION_TYPE: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
@@ -26,6 +28,10 @@ const BACKOFF: Backoff = Backoff {
 /// Used when a 429 or 503 says to wait but not how long.
 const DEFAULT_RETRY_AFTER: Duration = Duration::from_secs(5);
 const MAX_ERROR_TEXT: usize = 2048;
+/// How long the diagnosis of a failing egress proxy may take.
+const PROXY_CHECK_LIMIT: Duration = Duration::from_secs(3);
+/// `Retry-After` when the egress proxy refused or failed.
+const PROXY_RETRY_AFTER: Duration = Duration::from_secs(5);
 
 /// What Entra ID issued.
 #[derive(Debug, Clone)]
@@ -62,12 +68,35 @@ pub enum EntraError {
     },
 }
 
+/// How the token request leaves the pod: the extra CAs trusted for the authority, the egress
+/// proxy, and the identity-binding token proxy.
+#[derive(Clone, Copy)]
+pub struct Outbound<'a> {
+    pub extra_ca_files: &'a [std::path::PathBuf],
+    pub egress: &'a EgressProxy,
+    pub token_proxy: Option<&'a TokenProxyConfig>,
+}
+
+impl<'a> Outbound<'a> {
+    /// The outbound settings of a `serve` configuration.
+    pub fn of(cfg: &'a crate::config::ServeConfig) -> Self {
+        Outbound {
+            extra_ca_files: &cfg.extra_ca_files,
+            egress: &cfg.egress,
+            token_proxy: cfg.token_proxy.as_ref(),
+        }
+    }
+}
+
 /// Connection to one authority and tenant.
 pub struct EntraClient {
     http: reqwest::Client,
     token_url: Url,
     attempt_timeout: Duration,
     budget: Duration,
+    egress: EgressProxy,
+    /// The identity-binding token proxy the token request goes to instead of the authority.
+    token_proxy: Option<TokenProxyLeg>,
     metrics: Arc<Metrics>,
 }
 
@@ -77,14 +106,20 @@ impl EntraClient {
         tenant: &str,
         attempt_timeout: Duration,
         budget: Duration,
-        extra_ca_files: &[std::path::PathBuf],
+        outbound: Outbound<'_>,
         metrics: Arc<Metrics>,
     ) -> Result<Self, String> {
+        let Outbound {
+            extra_ca_files,
+            egress,
+            token_proxy,
+        } = outbound;
         let token_url = authority
             .join(&format!("{tenant}/oauth2/v2.0/token"))
             .map_err(|e| format!("cannot build the token URL from {authority}: {e}"))?;
         let tls = tls_config(extra_ca_files)?;
-        let http = reqwest::Client::builder()
+        let http = egress
+            .apply(reqwest::Client::builder())
             .use_preconfigured_tls(tls)
             .connect_timeout(attempt_timeout.min(Duration::from_secs(5)))
             .timeout(attempt_timeout)
@@ -92,11 +127,27 @@ impl EntraClient {
             .user_agent(concat!("identity-sidecar/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| format!("cannot create the HTTP client: {e}"))?;
+        let token_proxy = match token_proxy {
+            None => None,
+            Some(tp) => {
+                let (egress, proxy_url) = (egress.clone(), tp.url.clone());
+                Some(TokenProxyLeg::new(tp, &token_url, move |b| {
+                    egress
+                        .apply_for(b, &proxy_url)
+                        .connect_timeout(attempt_timeout.min(Duration::from_secs(5)))
+                        .timeout(attempt_timeout)
+                        .pool_idle_timeout(Duration::from_secs(90))
+                        .user_agent(concat!("identity-sidecar/", env!("CARGO_PKG_VERSION")))
+                })?)
+            }
+        };
         Ok(EntraClient {
             http,
             token_url,
             attempt_timeout,
             budget,
+            egress: egress.clone(),
+            token_proxy,
             metrics,
         })
     }
@@ -125,6 +176,12 @@ impl EntraClient {
                 }
                 Err(Attempt::Final(e)) => {
                     self.metrics.entra_call(EntraOutcome::Rejected);
+                    return Err(e);
+                }
+                Err(Attempt::ProxyFailed(e)) => {
+                    // Retrying a proxy that refuses us only delays the 503 the caller retries.
+                    self.metrics.entra_call(EntraOutcome::ConnectError);
+                    tracing::warn!(client_id, scope, "giving up on Entra ID for now: {e}");
                     return Err(e);
                 }
                 Err(Attempt::Retry {
@@ -174,21 +231,28 @@ impl EntraClient {
             ("grant_type", "client_credentials"),
             ("scope", scope),
         ];
-        let resp = match self
-            .http
-            .post(self.token_url.clone())
-            .form(&form)
-            .send()
-            .await
-        {
+        let request = match &self.token_proxy {
+            None => self.http.post(self.token_url.clone()),
+            Some(leg) => {
+                let r = leg.client().post(leg.connect_url.clone());
+                match &leg.host_header {
+                    Some(h) => r.header(reqwest::header::HOST, h),
+                    None => r,
+                }
+            }
+        };
+        let resp = match request.form(&form).send().await {
             Ok(r) => r,
             Err(e) => {
+                if let Some(failed) = self.proxy_failure(&e).await {
+                    return Err(failed);
+                }
                 let (outcome, what) = if e.is_timeout() {
                     (
                         EntraOutcome::Timeout,
                         format!(
                             "no answer from {} within {:?}",
-                            host(&self.token_url),
+                            host(self.called_url()),
                             self.attempt_timeout
                         ),
                     )
@@ -197,7 +261,7 @@ impl EntraClient {
                         EntraOutcome::ConnectError,
                         format!(
                             "cannot reach {}: {}",
-                            host(&self.token_url),
+                            host(self.called_url()),
                             error_chain(&e)
                         ),
                     )
@@ -286,8 +350,61 @@ impl EntraClient {
     }
 }
 
+impl EntraClient {
+    /// The URL the token request is sent to: the authority's, or the token proxy's.
+    fn called_url(&self) -> &Url {
+        self.token_proxy
+            .as_ref()
+            .map_or(&self.token_url, |l| &l.connect_url)
+    }
+
+    /// The token proxy's URL, when the token request goes through one.
+    pub fn token_proxy_url(&self) -> Option<&Url> {
+        self.token_proxy.as_ref().map(TokenProxyLeg::url)
+    }
+
+    /// When the token URL goes through an egress proxy and the call failed to connect, asks the
+    /// proxy what it answers; `Some` when the proxy is the problem (refused, down, 407, ...),
+    /// after one log line naming the proxy (`host:port`, never its credentials) and its answer.
+    async fn proxy_failure(&self, e: &reqwest::Error) -> Option<Attempt> {
+        if !(e.is_connect() || e.is_timeout()) {
+            return None;
+        }
+        // The token-proxy leg takes the route of the proxy's URL; its CONNECT names the host the
+        // client calls.
+        let route = self
+            .token_proxy
+            .as_ref()
+            .map_or(&self.token_url, |l| l.url());
+        let proxy = self.egress.proxy_for(route)?;
+        let called = self.called_url();
+        let host = called.host_str()?;
+        let port = called.port_or_known_default()?;
+        match check_proxy(proxy, host, port, PROXY_CHECK_LIMIT).await {
+            ProxyCheck::Open => None,
+            ProxyCheck::Failed(answer) => {
+                tracing::warn!(
+                    proxy = %proxy,
+                    proxy_source = proxy.source,
+                    destination = %format!("{host}:{port}"),
+                    "the egress proxy failed: {answer}"
+                );
+                Some(Attempt::ProxyFailed(EntraError::Unavailable {
+                    detail: format!(
+                        "cannot reach {host} through the proxy {proxy} ({}): {answer}",
+                        proxy.source
+                    ),
+                    retry_after: Some(PROXY_RETRY_AFTER),
+                }))
+            }
+        }
+    }
+}
+
 enum Attempt {
     Final(EntraError),
+    /// The egress proxy refused or failed: no retry.
+    ProxyFailed(EntraError),
     Retry {
         err: EntraError,
         retry_after: Option<Duration>,

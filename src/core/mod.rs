@@ -9,10 +9,12 @@
 //! - [`secret`]: values that never reach a log.
 pub mod backoff;
 pub mod cache;
+pub mod egress;
 pub mod entra;
 pub mod federated;
 pub mod jwt;
 pub mod secret;
+pub mod token_proxy;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -101,6 +101,11 @@ pub struct MockAadConfig {
     pub public_url: Option<String>,
     /// Extra DNS names or IPs for the server certificate.
     pub tls_names: Vec<String>,
+    /// Present the mock as this cloud's Entra ID: its authority host joins the certificate's
+    /// names and, unless `public_url` says otherwise, the advertised URL is
+    /// `https://{authority host}:{port}/`. Only names: the mock still listens where `listen` says,
+    /// so clients reach it through a proxy or a resolver override.
+    pub cloud: Option<crate::cloud::Cloud>,
     /// Where to write the CA PEM; `None` = `<temp>/identity-sidecar-mock-aad-<uuid>/ca.pem`.
     pub ca_file: Option<PathBuf>,
     /// Registered apps; the first one is what [`MockAad::tenant_id`] and [`MockAad::client_id`] return.
@@ -121,6 +126,7 @@ impl Default for MockAadConfig {
             plain_http: false,
             public_url: None,
             tls_names: Vec::new(),
+            cloud: None,
             ca_file: None,
             apps: vec![AppRegistration::default_app()],
             extra_tenants: Vec::new(),
@@ -182,7 +188,8 @@ pub async fn start(cfg: MockAadConfig) -> Result<MockAad, MockAadError> {
     // RSA key generation dominates start-up: make both keys (and the TLS material) in parallel.
     let token_key = tokio::task::spawn_blocking(keys::SigningKey::generate);
     let issuer_key = tokio::task::spawn_blocking(keys::SigningKey::generate);
-    let tls_names = cfg.tls_names.clone();
+    let mut tls_names = cfg.tls_names.clone();
+    tls_names.extend(cfg.cloud.map(|c| c.authority_host().to_string()));
     let tls =
         (!cfg.plain_http).then(|| tokio::task::spawn_blocking(move || tls::generate(&tls_names)));
     let joined =
@@ -195,9 +202,14 @@ pub async fn start(cfg: MockAadConfig) -> Result<MockAad, MockAadError> {
     };
 
     let scheme = if cfg.plain_http { "http" } else { "https" };
-    let base_url = match &cfg.public_url {
-        Some(url) => format!("{}/", url.trim_end_matches('/')),
-        None => format!("{scheme}://{}/", host_for(local_addr)),
+    let base_url = match (&cfg.public_url, cfg.cloud) {
+        (Some(url), _) => format!("{}/", url.trim_end_matches('/')),
+        (None, Some(cloud)) => format!(
+            "{scheme}://{}:{}/",
+            cloud.authority_host(),
+            local_addr.port()
+        ),
+        (None, None) => format!("{scheme}://{}/", host_for(local_addr)),
     };
 
     let (mut ca_file, mut owned_dir, mut ca_pem) = (None, None, None);

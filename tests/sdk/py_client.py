@@ -7,6 +7,10 @@ Modes (add more to MODES, e.g. managed-identity ones, without touching the other
   workload   azure.identity.WorkloadIdentityCredential() configured only by the environment
              (AZURE_AUTHORITY_HOST, AZURE_TENANT_ID, AZURE_CLIENT_ID, AZURE_FEDERATED_TOKEN_FILE)
   assertion  azure.identity.ClientAssertionCredential with a callback reading AZURE_FEDERATED_TOKEN_FILE
+  workload-proxy
+             WorkloadIdentityCredential(enable_azure_proxy=True): AKS identity bindings, the token
+             request sent through AZURE_KUBERNETES_TOKEN_PROXY (SNI AZURE_KUBERNETES_SNI_NAME, CA
+             AZURE_KUBERNETES_CA_FILE or AZURE_KUBERNETES_CA_DATA)
   msal-cca   msal.ConfidentialClientApplication with {"client_assertion": <token file>},
              instance_discovery=False (msal does OIDC discovery against the authority)
 
@@ -37,6 +41,13 @@ def workload(scope):
     from azure.identity import WorkloadIdentityCredential
 
     token = WorkloadIdentityCredential().get_token(scope)
+    return {"token": token.token, "expires_on": token.expires_on}
+
+
+def workload_proxy(scope):
+    from azure.identity import WorkloadIdentityCredential
+
+    token = WorkloadIdentityCredential(enable_azure_proxy=True).get_token(scope)
     return {"token": token.token, "expires_on": token.expires_on}
 
 
@@ -76,7 +87,12 @@ class SdkError(Exception):
         self.codes = codes
 
 
-MODES = {"workload": workload, "assertion": assertion, "msal-cca": msal_cca}
+MODES = {
+    "workload": workload,
+    "workload-proxy": workload_proxy,
+    "assertion": assertion,
+    "msal-cca": msal_cca,
+}
 
 
 def main():

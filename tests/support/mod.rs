@@ -2,10 +2,12 @@
 //! and a sidecar started in-process or as a real process.
 #![allow(dead_code)]
 
+pub mod connect_proxy;
 pub mod fake_entra;
 pub mod mock_sdk;
 pub mod sdk;
 pub mod system;
+pub mod token_proxy;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
