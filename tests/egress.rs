@@ -49,7 +49,16 @@ async fn setup() -> Setup {
 impl Setup {
     /// A sidecar in this process on `--cloud AzureUSGovernment` with these proxy variables.
     async fn sidecar(&self, vars: &[(&str, String)]) -> support::Sidecar {
+        self.sidecar_with(vars, |_| {}).await
+    }
+
+    async fn sidecar_with(
+        &self,
+        vars: &[(&str, String)],
+        tweak: impl FnOnce(&mut identity_sidecar::cmd::serve::ServeArgs),
+    ) -> support::Sidecar {
         let mut args = support::args("https://unused.example/", &self.token_file);
+        tweak(&mut args);
         args.authority_host = None;
         args.cloud = Some(Cloud::UsGovernment);
         args.client_id = Some(guid(self.mock.client_id()));
@@ -156,6 +165,38 @@ async fn a_proxy_that_is_down_gives_503_with_retry_after_fast() {
     assert!(body.contains(&format!("127.0.0.1:{port}")), "{body}");
     assert!(took < Duration::from_secs(10), "took {took:?}");
     sidecar.stop().await;
+}
+
+/// A proxy that accepts connections and never answers, with the default timeouts (10 s a call,
+/// 20 s budget): still a 503 within 15 s.
+#[tokio::test]
+async fn a_silent_proxy_gives_503_within_15_seconds_on_default_timeouts() {
+    let s = setup().await;
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = silent.local_addr().expect("addr");
+    let hold = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((c, _)) = silent.accept().await {
+            held.push(c);
+        }
+    });
+    let sidecar = s
+        .sidecar_with(&[("HTTPS_PROXY", format!("http://{addr}"))], |a| {
+            a.entra_timeout = None;
+            a.entra_budget = None;
+        })
+        .await;
+    let started = Instant::now();
+    let resp = sidecar.imds(&imds_query()).await;
+    let took = started.elapsed();
+    assert_eq!(resp.status(), 503);
+    assert!(resp.headers().contains_key("retry-after"));
+    assert!(took < Duration::from_secs(15), "took {took:?}");
+    eprintln!("silent proxy: 503 after {took:?}");
+    sidecar.stop().await;
+    hold.abort();
 }
 
 /// The real process: without credentials the proxy answers 407; the app gets 503 + Retry-After
