@@ -20,6 +20,7 @@ use crate::core::federated::TokenSource;
 use crate::protocol::{Flavor, FlavorName, HttpError, TokenRequest, app_service, imds};
 use crate::telemetry::access_log;
 use crate::telemetry::metrics::Metrics;
+use crate::telemetry::summary::{self, Summary};
 
 /// Largest request body forwarded with `--imds-passthrough`.
 const MAX_PASSTHROUGH_BODY: usize = 64 * 1024;
@@ -34,12 +35,19 @@ pub struct Service {
     tokens: TokenService,
     metrics: Arc<Metrics>,
     passthrough: Option<reqwest::Client>,
+    /// `--access-log`: a line per token request at info (otherwise only at debug).
+    access_log: bool,
+    summary: Arc<Summary>,
     watch: tokio::task::JoinHandle<()>,
+    summary_task: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Drop for Service {
     fn drop(&mut self) {
         self.watch.abort();
+        if let Some(t) = &self.summary_task {
+            t.abort();
+        }
     }
 }
 
@@ -71,13 +79,18 @@ impl Service {
         };
         let watch = source.watch();
         let tokens = TokenService::new(source, entra, cfg.max_cached_tokens, Arc::clone(&metrics));
+        let summary = Arc::new(Summary::default());
+        let summary_task = cfg.log_summary_interval.map(|every| summary.spawn(every));
         Ok(Arc::new(Service {
             policy: cfg.policy.clone(),
             imds_address: cfg.imds_address,
             tokens,
             metrics,
             passthrough,
+            access_log: cfg.access_log,
+            summary,
             watch,
+            summary_task,
         }))
     }
 
@@ -94,35 +107,89 @@ impl Service {
     ) -> Response<Body> {
         let query = req.uri().query();
         let parsed = if req.method() != Method::GET {
-            Err((F::NAME, method_not_allowed(F::render_error)))
+            Err((F::NAME, method_not_allowed_error()))
         } else {
             match F::version(query) {
-                Err(e) => Err((F::NAME, error_response(&e, F::render_error))),
+                Err(e) => Err((F::NAME, e)),
                 Ok(v) => match F::parse(v, req.headers(), query, &self.policy) {
-                    Err(e) => Err((F::name(v), error_response(&e, F::render_error))),
+                    Err(e) => Err((F::name(v), e)),
                     Ok(treq) => Ok((v, treq)),
                 },
             }
         };
         let (version, treq) = match parsed {
             Ok(p) => p,
-            Err((name, resp)) => {
-                access(name, None, &resp, None, started);
+            Err((name, e)) => {
+                let resp = error_response(&e, F::render_error);
+                self.finished(name, None, &resp, Err(&e), started);
                 return resp;
             }
         };
-        let (resp, cache) = match self.tokens.token(treq.client_id, &treq.resource).await {
-            Ok((t, how)) => (
-                json(StatusCode::OK, F::render(version, &t, &treq)),
-                Some(how),
-            ),
-            Err(e) => (
-                error_response(&HttpError::from_token_error(&e), F::render_error),
-                None,
-            ),
+        match self.tokens.token(treq.client_id, &treq.resource).await {
+            Ok((t, how)) => {
+                let resp = json(StatusCode::OK, F::render(version, &t, &treq));
+                self.finished(F::name(version), Some(&treq), &resp, Ok(how), started);
+                resp
+            }
+            Err(e) => {
+                let e = HttpError::from_token_error(&e);
+                let resp = error_response(&e, F::render_error);
+                self.finished(F::name(version), Some(&treq), &resp, Err(&e), started);
+                resp
+            }
+        }
+    }
+
+    /// What every token request leaves behind: its count in the summary, its access-log line
+    /// (`--access-log` or debug), and for an error answer an info line saying why.
+    fn finished(
+        &self,
+        flavor: FlavorName,
+        req: Option<&TokenRequest<'_>>,
+        resp: &Response<Body>,
+        outcome: Result<Lookup, &HttpError>,
+        started: Instant,
+    ) {
+        let protocol = match flavor {
+            FlavorName::Imds => summary::Protocol::Imds,
+            _ => summary::Protocol::AppService,
         };
-        access(F::name(version), Some(&treq), &resp, cache, started);
-        resp
+        self.summary.record(
+            protocol,
+            match outcome {
+                Ok(Lookup::Hit) => summary::Outcome::Hit,
+                Ok(Lookup::Miss) => summary::Outcome::Miss,
+                Err(_) => summary::Outcome::Error,
+            },
+        );
+        if let Err(e) = outcome {
+            // Request input (resource) and error text are written with Debug: quoted and
+            // escaped, so a crafted value cannot forge a line.
+            tracing::info!(
+                flavor = flavor.as_str(),
+                client_id = req.map_or("-", |r| r.client_id),
+                resource = ?req.map_or("-", |r| &r.resource),
+                status = e.status.as_u16(),
+                error = %e.error,
+                error_description = ?e.description,
+                "token request answered with an error"
+            );
+        }
+        access_log::record(
+            &access_log::Entry {
+                flavor: flavor.as_str(),
+                client_id: req.map_or("-", |r| r.client_id),
+                resource: req.map_or("-", |r| &r.resource),
+                status: resp.status().as_u16(),
+                latency_ms: started.elapsed().as_secs_f64() * 1000.0,
+                cache: match outcome {
+                    Ok(Lookup::Hit) => "hit",
+                    Ok(Lookup::Miss) => "miss",
+                    Err(_) => "-",
+                },
+            },
+            self.access_log,
+        );
     }
 
     /// `/healthz`: the process answers.
@@ -260,28 +327,6 @@ impl Service {
     }
 }
 
-/// Writes the access-log line of a token request; `req` is what the flavor parsed, if anything.
-fn access(
-    flavor: FlavorName,
-    req: Option<&TokenRequest<'_>>,
-    resp: &Response<Body>,
-    cache: Option<Lookup>,
-    started: Instant,
-) {
-    access_log::record(&access_log::Entry {
-        flavor: flavor.as_str(),
-        client_id: req.map_or("-", |r| r.client_id),
-        resource: req.map_or("-", |r| &r.resource),
-        status: resp.status().as_u16(),
-        latency_ms: started.elapsed().as_secs_f64() * 1000.0,
-        cache: match cache {
-            Some(Lookup::Hit) => "hit",
-            Some(Lookup::Miss) => "miss",
-            None => "-",
-        },
-    });
-}
-
 fn passthrough_failed(e: &reqwest::Error) -> Response<Body> {
     error_response(
         &HttpError {
@@ -299,23 +344,26 @@ fn only_get(req: &Request<Incoming>) -> Option<Response<Body>> {
         .then(|| method_not_allowed(imds::render_error))
 }
 
-fn method_not_allowed(render: fn(&HttpError) -> Vec<u8>) -> Response<Body> {
-    let mut r = error_response(
-        &HttpError {
-            status: StatusCode::METHOD_NOT_ALLOWED,
-            error: "invalid_request".into(),
-            description: "Only GET is allowed here".into(),
-            retry_after: None,
-        },
-        render,
-    );
-    r.headers_mut()
-        .insert(header::ALLOW, HeaderValue::from_static("GET"));
-    r
+fn method_not_allowed_error() -> HttpError {
+    HttpError {
+        status: StatusCode::METHOD_NOT_ALLOWED,
+        error: "invalid_request".into(),
+        description: "Only GET is allowed here".into(),
+        retry_after: None,
+    }
 }
 
+fn method_not_allowed(render: fn(&HttpError) -> Vec<u8>) -> Response<Body> {
+    error_response(&method_not_allowed_error(), render)
+}
+
+/// The answer for `e`: its status, the flavor's body, and `Retry-After` or `Allow` where due.
 fn error_response(e: &HttpError, render: fn(&HttpError) -> Vec<u8>) -> Response<Body> {
     let mut r = json(e.status, render(e));
+    if e.status == StatusCode::METHOD_NOT_ALLOWED {
+        r.headers_mut()
+            .insert(header::ALLOW, HeaderValue::from_static("GET"));
+    }
     if let Some(secs) = e.retry_after {
         r.headers_mut()
             .insert(header::RETRY_AFTER, HeaderValue::from(secs));
