@@ -29,6 +29,10 @@ pub struct ServeConfig {
     /// What requests may ask for; the protocol adapters read only this.
     pub policy: Policy,
     pub log_format: LogFormat,
+    /// `--access-log`: a line per token request at info.
+    pub access_log: bool,
+    /// Every how long the token-request summary is logged; `None`: never.
+    pub log_summary_interval: Option<Duration>,
     pub imds_passthrough: bool,
     pub imds_address: SocketAddr,
     pub entra_timeout: Duration,

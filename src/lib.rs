@@ -12,17 +12,19 @@
 //! - [`core`]: the token core (federated-token file, Entra ID client, cache);
 //! - [`telemetry`]: logs, the access log and metrics;
 //! - [`netfilter`]: the NAT rules that send 169.254.169.254 to the sidecar (init container);
-//! - [`mock_aad`]: a stand-in Entra ID for local development and tests, never on the request path
-//!   of `serve`.
+//! - `mock_aad`: a stand-in Entra ID for local development and tests, never on the request path
+//!   of `serve`; only in builds with the `mock` feature (the default; not the image's build).
 pub mod cloud;
 pub mod cmd;
 pub mod config;
 pub mod core;
 pub mod duration;
+#[cfg(feature = "mock")]
 pub mod mock_aad;
 pub mod netfilter;
 pub mod protocol;
 pub mod server;
 pub mod service;
 pub mod telemetry;
+#[cfg(feature = "webhook")]
 pub mod webhook;

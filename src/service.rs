@@ -22,6 +22,7 @@ use crate::protocol::{
 };
 use crate::telemetry::access_log;
 use crate::telemetry::metrics::Metrics;
+use crate::telemetry::summary::{self, Summary};
 
 /// Largest request body forwarded with `--imds-passthrough`.
 const MAX_PASSTHROUGH_BODY: usize = 64 * 1024;
@@ -38,12 +39,19 @@ pub struct Service {
     passthrough: Option<reqwest::Client>,
     /// The identity-binding token proxy's URL, named by `/readyz`.
     token_proxy: Option<String>,
+    /// `--access-log`: a line per token request at info (otherwise only at debug).
+    access_log: bool,
+    summary: Arc<Summary>,
     watch: tokio::task::JoinHandle<()>,
+    summary_task: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Drop for Service {
     fn drop(&mut self) {
         self.watch.abort();
+        if let Some(t) = &self.summary_task {
+            t.abort();
+        }
     }
 }
 
@@ -75,6 +83,8 @@ impl Service {
         };
         let watch = source.watch();
         let tokens = TokenService::new(source, entra, cfg.max_cached_tokens, Arc::clone(&metrics));
+        let summary = Arc::new(Summary::default());
+        let summary_task = cfg.log_summary_interval.map(|every| summary.spawn(every));
         Ok(Arc::new(Service {
             token_proxy: cfg.token_proxy.as_ref().map(|t| t.url.to_string()),
             policy: cfg.policy.clone(),
@@ -82,7 +92,10 @@ impl Service {
             tokens,
             metrics,
             passthrough,
+            access_log: cfg.access_log,
+            summary,
             watch,
+            summary_task,
         }))
     }
 
@@ -100,57 +113,113 @@ impl Service {
     ) -> Response<Body> {
         let (head, body) = req.into_parts();
         let form = match F::PARAMS {
-            Params::Query if head.method != Method::GET => Err(method_not_allowed::<F>()),
-            Params::Form if head.method != Method::POST => Err(method_not_allowed::<F>()),
+            Params::Query if head.method != Method::GET => Err(method_not_allowed_error(F::ALLOW)),
+            Params::Form if head.method != Method::POST => Err(method_not_allowed_error(F::ALLOW)),
             Params::Query => Ok(None),
             Params::Form => match F::check_head(&head.headers) {
-                Err(e) => Err(error_response(&e, F::render_error)),
-                Ok(()) => read_form(&head.headers, body)
-                    .await
-                    .map(Some)
-                    .map_err(|e| error_response(&e, F::render_error)),
+                Err(e) => Err(e),
+                Ok(()) => read_form(&head.headers, body).await.map(Some),
             },
         };
         let form = match form {
             Ok(f) => f,
-            Err(resp) => {
-                access(F::NAME, None, &resp, None, started);
-                return resp;
-            }
+            Err(e) => return self.refused::<F>(F::NAME, &e, started),
         };
         let params = match (F::PARAMS, &form) {
             (Params::Form, Some(f)) => Some(f.as_str()),
             _ => head.uri.query(),
         };
         let parsed = match F::version(params) {
-            Err(e) => Err((F::NAME, error_response(&e, F::render_error))),
+            Err(e) => Err((F::NAME, e)),
             Ok(v) => match F::parse(v, &head.headers, params, &self.policy) {
-                Err(e) => Err((F::name(v), error_response(&e, F::render_error))),
+                Err(e) => Err((F::name(v), e)),
                 Ok(treq) => Ok((v, treq)),
             },
         };
         let (version, treq) = match parsed {
             Ok(p) => p,
-            Err((name, resp)) => {
-                access(name, None, &resp, None, started);
-                return resp;
-            }
+            Err((name, e)) => return self.refused::<F>(name, &e, started),
         };
-        let (resp, cache) = match self.tokens.token(treq.client_id, &treq.resource).await {
-            Ok((t, how)) => (
-                json(
+        match self.tokens.token(treq.client_id, &treq.resource).await {
+            Ok((t, how)) => {
+                let resp = json(
                     StatusCode::OK,
                     F::render(version, &head.headers, &self.policy, &t, &treq),
-                ),
-                Some(how),
-            ),
-            Err(e) => (
-                error_response(&HttpError::from_token_error(&e), F::render_error),
-                None,
-            ),
-        };
-        access(F::name(version), Some(&treq), &resp, cache, started);
+                );
+                self.finished(F::name(version), Some(&treq), &resp, Ok(how), started);
+                resp
+            }
+            Err(e) => {
+                let e = HttpError::from_token_error(&e);
+                let resp = flavor_error::<F>(&e);
+                self.finished(F::name(version), Some(&treq), &resp, Err(&e), started);
+                resp
+            }
+        }
+    }
+
+    /// A request refused before it reached the token core: `F`'s error answer, logged.
+    fn refused<F: Flavor>(
+        &self,
+        flavor: FlavorName,
+        e: &HttpError,
+        started: Instant,
+    ) -> Response<Body> {
+        let resp = flavor_error::<F>(e);
+        self.finished(flavor, None, &resp, Err(e), started);
         resp
+    }
+
+    /// What every token request leaves behind: its count in the summary, its access-log line
+    /// (`--access-log` or debug), and for an error answer an info line saying why.
+    fn finished(
+        &self,
+        flavor: FlavorName,
+        req: Option<&TokenRequest<'_>>,
+        resp: &Response<Body>,
+        outcome: Result<Lookup, &HttpError>,
+        started: Instant,
+    ) {
+        let protocol = match flavor {
+            FlavorName::Imds => summary::Protocol::Imds,
+            _ => summary::Protocol::AppService,
+        };
+        self.summary.record(
+            protocol,
+            match outcome {
+                Ok(Lookup::Hit) => summary::Outcome::Hit,
+                Ok(Lookup::Miss) => summary::Outcome::Miss,
+                Err(_) => summary::Outcome::Error,
+            },
+        );
+        if let Err(e) = outcome {
+            // Request input (resource) and error text are written with Debug: quoted and
+            // escaped, so a crafted value cannot forge a line.
+            tracing::info!(
+                flavor = flavor.as_str(),
+                client_id = req.map_or("-", |r| r.client_id),
+                resource = ?req.map_or("-", |r| &r.resource),
+                status = e.status.as_u16(),
+                error = %e.error,
+                error_description = ?e.description,
+                "token request answered with an error"
+            );
+        }
+        access_log::record(
+            &access_log::Entry {
+                flavor: flavor.as_str(),
+                client_id: req.map_or("-", |r| r.client_id),
+                resource: req.map_or("-", |r| &r.resource),
+                status: resp.status().as_u16(),
+                latency_ms: started.elapsed().as_secs_f64() * 1000.0,
+                cache: match outcome {
+                    Ok(Lookup::Hit) => "hit",
+                    Ok(Lookup::Miss) => "miss",
+                    Err(_) => "-",
+                },
+            },
+            self.access_log,
+        );
     }
 
     /// `/healthz`: the process answers.
@@ -288,28 +357,6 @@ impl Service {
     }
 }
 
-/// Writes the access-log line of a token request; `req` is what the flavor parsed, if anything.
-fn access(
-    flavor: FlavorName,
-    req: Option<&TokenRequest<'_>>,
-    resp: &Response<Body>,
-    cache: Option<Lookup>,
-    started: Instant,
-) {
-    access_log::record(&access_log::Entry {
-        flavor: flavor.as_str(),
-        client_id: req.map_or("-", |r| r.client_id),
-        resource: req.map_or("-", |r| &r.resource),
-        status: resp.status().as_u16(),
-        latency_ms: started.elapsed().as_secs_f64() * 1000.0,
-        cache: match cache {
-            Some(Lookup::Hit) => "hit",
-            Some(Lookup::Miss) => "miss",
-            None => "-",
-        },
-    });
-}
-
 fn passthrough_failed(e: &reqwest::Error) -> Response<Body> {
     error_response(
         &HttpError {
@@ -350,29 +397,37 @@ fn only_get(req: &Request<Incoming>) -> Option<Response<Body>> {
         .then(|| method_not_allowed_with(imds::render_error, "GET, HEAD"))
 }
 
-/// 405 on flavor `F`'s path, in its error shape, with its `Allow`.
-fn method_not_allowed<F: Flavor>() -> Response<Body> {
-    method_not_allowed_with(F::render_error, F::ALLOW)
+/// 405: only the methods in `allow` are served here.
+fn method_not_allowed_error(allow: &str) -> HttpError {
+    HttpError {
+        status: StatusCode::METHOD_NOT_ALLOWED,
+        error: "invalid_request".into(),
+        description: format!("Only {allow} is allowed here"),
+        retry_after: None,
+    }
 }
 
 fn method_not_allowed_with(
     render: fn(&HttpError) -> Vec<u8>,
     allow: &'static str,
 ) -> Response<Body> {
-    let mut r = error_response(
-        &HttpError {
-            status: StatusCode::METHOD_NOT_ALLOWED,
-            error: "invalid_request".into(),
-            description: format!("Only {allow} is allowed here"),
-            retry_after: None,
-        },
-        render,
-    );
+    let mut r = error_response(&method_not_allowed_error(allow), render);
     r.headers_mut()
         .insert(header::ALLOW, HeaderValue::from_static(allow));
     r
 }
 
+/// Flavor `F`'s error answer for `e`, with `F`'s `Allow` on a 405.
+fn flavor_error<F: Flavor>(e: &HttpError) -> Response<Body> {
+    let mut r = error_response(e, F::render_error);
+    if e.status == StatusCode::METHOD_NOT_ALLOWED {
+        r.headers_mut()
+            .insert(header::ALLOW, HeaderValue::from_static(F::ALLOW));
+    }
+    r
+}
+
+/// The answer for `e`: its status, the flavor's body, and `Retry-After` where due.
 fn error_response(e: &HttpError, render: fn(&HttpError) -> Vec<u8>) -> Response<Body> {
     let mut r = json(e.status, render(e));
     if let Some(secs) = e.retry_after {

@@ -267,3 +267,122 @@ async fn sigterm_lets_requests_in_flight_finish() {
     // After shutdown nothing listens.
     assert!(std::net::TcpStream::connect(addr).is_err());
 }
+
+/// What an operator sees at the default level: a line per Entra ID exchange, per new (identity,
+/// scope), per error answer, and the periodic summary; no line per request unless
+/// `--access-log`; and no secret in any of it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn default_logs_tell_operators_what_happened_without_a_line_per_request() {
+    let entra = FakeEntra::start().await;
+    let (_dir, path) = token_dir("system:serviceaccount:default:app");
+    let federated = std::fs::read_to_string(&path)
+        .expect("token")
+        .trim()
+        .to_string();
+    for access_log in [false, true] {
+        let mut args = vec![
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--log-summary-interval",
+            "500ms",
+        ];
+        if access_log {
+            args.push("--access-log");
+        }
+        let p = Process::spawn(
+            &args,
+            &[
+                ("AZURE_CLIENT_ID", CLIENT_ID),
+                ("AZURE_TENANT_ID", TENANT_ID),
+                ("AZURE_FEDERATED_TOKEN_FILE", path.to_str().expect("utf8")),
+                ("AZURE_AUTHORITY_HOST", &entra.authority()),
+                ("IDENTITY_HEADER", IDENTITY_HEADER),
+            ],
+        );
+        let addr = p.wait_listening();
+        let http = client();
+        let imds = format!(
+            "http://{addr}/metadata/identity/oauth2/token?api-version=2018-02-01&resource=https://vault.azure.net"
+        );
+        let mut token = String::new();
+        for _ in 0..5 {
+            let r = http
+                .get(&imds)
+                .header("Metadata", "true")
+                .send()
+                .await
+                .expect("imds");
+            assert_eq!(r.status(), 200);
+            token = r.json::<serde_json::Value>().await.expect("json")["access_token"]
+                .as_str()
+                .expect("token")
+                .to_string();
+        }
+        let refused = http
+            .get(format!(
+                "http://{addr}/msi/token?api-version=2019-08-01&resource=https://x"
+            ))
+            .header("X-IDENTITY-HEADER", format!("{IDENTITY_HEADER}x"))
+            .send()
+            .await
+            .expect("as");
+        assert_eq!(refused.status(), 401);
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !p.logs().contains("token requests summary") {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no summary: {}",
+                p.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        p.signal(libc::SIGTERM);
+        let (code, logs) = tokio::task::spawn_blocking(move || p.wait(Duration::from_secs(15)))
+            .await
+            .expect("join");
+        assert_eq!(code, Some(0), "{logs}");
+        for wanted in [
+            "first request for this identity and scope",
+            "new token from Entra ID",
+            "token request answered with an error",
+        ] {
+            assert!(logs.contains(wanted), "want {wanted:?} in: {logs}");
+        }
+        // The requests may straddle two summaries: add them up.
+        let total = |field: &str| -> u64 {
+            logs.lines()
+                .filter(|l| l.contains("token requests summary"))
+                .filter_map(|l| {
+                    let at = l.find(&format!(" {field}="))? + field.len() + 2;
+                    l[at..].split(' ').next()?.parse::<u64>().ok()
+                })
+                .sum()
+        };
+        assert_eq!(
+            [
+                total("imds_requests"),
+                total("imds_hits"),
+                total("imds_misses"),
+                total("app_service_requests"),
+                total("app_service_errors"),
+            ],
+            [5, 4, 1, 1, 1],
+            "{logs}"
+        );
+        let access_lines = logs.matches("INFO token request flavor=").count();
+        assert_eq!(
+            access_lines,
+            if access_log { 6 } else { 0 },
+            "access lines with --access-log={access_log}: {logs}"
+        );
+        assert!(!logs.contains("DEBUG"), "{logs}");
+        for (what, secret) in [
+            ("federated token", federated.as_str()),
+            ("access token", token.as_str()),
+            ("identity header", IDENTITY_HEADER),
+        ] {
+            assert!(!logs.contains(secret), "{what} leaked into the logs");
+        }
+    }
+}

@@ -1,10 +1,12 @@
 //! The command line: one subcommand per job, one file per subcommand. Each file holds the
 //! subcommand's flags (parsed and checked by clap, so `--help` is the manual) and the code that
 //! runs it.
+#[cfg(feature = "mock")]
 pub mod dev;
 pub mod doctor;
 pub mod flags;
 pub mod init_network;
+#[cfg(feature = "mock")]
 pub mod mock_aad;
 pub mod probe;
 pub mod serve;
@@ -32,7 +34,12 @@ pub struct Cli {
 )]
 pub enum Command {
     /// Run the whole chain locally with no cloud: mock Entra ID, rotating token file, and serve.
+    #[cfg(feature = "mock")]
     Dev(dev::DevArgs),
+    /// Not in this build (built without the `mock` feature).
+    #[cfg(not(feature = "mock"))]
+    #[command(hide = true, disable_help_flag = true)]
+    Dev(NotBuilt),
     /// Serve managed-identity tokens exchanged from the federated token file.
     Serve(serve::ServeArgs),
     /// Send TCP to 169.254.169.254:80 to the sidecar (run by an init container with NET_ADMIN).
@@ -44,7 +51,31 @@ pub enum Command {
     /// Check a federation setup step by step and explain what to fix.
     Doctor(doctor::DoctorArgs),
     /// Run a mock Entra ID and Kubernetes-like token issuer (development and tests only).
+    #[cfg(feature = "mock")]
     MockAad(mock_aad::MockAadArgs),
+    /// Not in this build (built without the `mock` feature).
+    #[cfg(not(feature = "mock"))]
+    #[command(hide = true, disable_help_flag = true)]
+    MockAad(NotBuilt),
+}
+
+/// What `dev` and `mock-aad` parse to in a build without the `mock` feature (the image's): any
+/// arguments, so whatever was typed reaches [`not_built`]'s explanation instead of a usage error.
+#[cfg(not(feature = "mock"))]
+#[derive(clap::Args, Debug)]
+pub struct NotBuilt {
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true, hide = true)]
+    _args: Vec<std::ffi::OsString>,
+}
+
+/// The production binary's answer to `dev` and `mock-aad`: it cannot mint tokens, on purpose.
+#[cfg(not(feature = "mock"))]
+fn not_built(command: &str) -> ExitCode {
+    eprintln!(
+        "identity-sidecar {command}: not built into this binary (built without the `mock` feature, \
+         as the production image is); use the dev build: cargo run --release -- {command}"
+    );
+    ExitCode::from(2)
 }
 
 pub fn main() -> ExitCode {
@@ -60,12 +91,18 @@ pub fn main() -> ExitCode {
         }
     };
     match cli.command {
+        #[cfg(feature = "mock")]
         Command::Dev(args) => dev::run(args),
+        #[cfg(not(feature = "mock"))]
+        Command::Dev(_) => not_built("dev"),
         Command::Serve(args) => serve::run(args),
         Command::InitNetwork(args) => init_network::run(args),
         Command::Probe(args) => probe::run(args),
         Command::Token(args) => token::run(args),
         Command::Doctor(args) => doctor::run(args),
+        #[cfg(feature = "mock")]
         Command::MockAad(args) => mock_aad::run_blocking(args),
+        #[cfg(not(feature = "mock"))]
+        Command::MockAad(_) => not_built("mock-aad"),
     }
 }

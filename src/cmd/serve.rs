@@ -132,6 +132,17 @@ pub struct ServeArgs {
     #[arg(long, env = "IDENTITY_SIDECAR_LOG_FORMAT", value_name = "FORMAT", value_parser = Checked(LogFormat::parse))]
     pub log_format: Option<LogFormat>,
 
+    /// Log every token request (flavor, identity, resource, status, latency, cache) at info.
+    /// Without it those lines are debug-level; info has a line per Entra ID exchange, background
+    /// refresh, error answer and new (identity, resource), and the periodic summary.
+    #[arg(long, env = "IDENTITY_SIDECAR_ACCESS_LOG")]
+    pub access_log: bool,
+
+    /// How often to log a summary of token requests (requests, hits, misses, errors by
+    /// protocol); `0` turns it off. [default: 5m]
+    #[arg(long, env = "IDENTITY_SIDECAR_LOG_SUMMARY_INTERVAL", value_name = "DURATION", value_parser = Checked(duration::parse))]
+    pub log_summary_interval: Option<Duration>,
+
     /// Forward other `/metadata/...` paths (instance metadata) to the real IMDS instead of
     /// answering 404. Needs the sidecar's uid to be exempt from the IMDS redirect.
     #[arg(long, env = "IDENTITY_SIDECAR_IMDS_PASSTHROUGH")]
@@ -283,6 +294,12 @@ impl ServeArgs {
                 msi_2017_expires_on: self.msi_2017_expires_on.unwrap_or_default(),
             },
             log_format: self.log_format.unwrap_or_default(),
+            access_log: self.access_log,
+            log_summary_interval: Some(
+                self.log_summary_interval
+                    .unwrap_or(Duration::from_secs(300)),
+            )
+            .filter(|d| !d.is_zero()),
             imds_passthrough: self.imds_passthrough,
             imds_address: self
                 .imds_address

@@ -285,6 +285,13 @@ impl Inner {
             .insert(Arc::clone(&entry.scope), Arc::clone(&entry));
         let n = self.len.fetch_add(1, Ordering::Relaxed) + 1;
         self.metrics.set_cached_tokens(n);
+        // Once per (client id, scope) while it stays cached: who asks this sidecar for what.
+        tracing::info!(
+            client_id,
+            scope,
+            cached_pairs = n,
+            "first request for this identity and scope"
+        );
         entry
     }
 
@@ -307,6 +314,17 @@ impl Inner {
             match result {
                 Ok(issued) => {
                     let token = Arc::new(CachedToken::new(issued));
+                    tracing::info!(
+                        client_id = %entry.client_id,
+                        scope = %entry.scope,
+                        lifetime_s = token.lifetime.as_secs(),
+                        "{}",
+                        if background {
+                            "background refresh: new token from Entra ID"
+                        } else {
+                            "new token from Entra ID"
+                        }
+                    );
                     entry.token.store(Some(Arc::clone(&token)));
                     st.failures = 0;
                     st.retry_at = None;
@@ -332,7 +350,15 @@ impl Inner {
                         .delay(st.failures)
                         .max(hinted.unwrap_or(Duration::ZERO));
                     st.retry_at = Some(now + backoff);
-                    if background {
+                    if !background {
+                        drop(st);
+                        tracing::warn!(
+                            client_id = %entry.client_id,
+                            scope = %entry.scope,
+                            next_try_ms = backoff.as_millis() as u64,
+                            "no token from Entra ID: {e}"
+                        );
+                    } else {
                         let left = entry
                             .token
                             .load()

@@ -6,6 +6,9 @@
 //! watch the parent directory (not the file), so the swap, a late-created file, and a delete and
 //! re-create are all seen; a slow poll backs the watch up where inotify is unavailable or lossy.
 //! Claims are decoded without verification, only for logs, readiness and expiry decisions.
+//!
+//! Once serving, the file is read off the runtime's worker threads ([`read_token_off_workers`]):
+//! a slow volume must not stall the token requests that share those threads.
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -73,7 +76,8 @@ pub struct TokenSource {
 }
 
 impl TokenSource {
-    /// Reads the file once; call [`TokenSource::watch`] to keep it current.
+    /// Reads the file once (at start, before anything is served); call [`TokenSource::watch`] to
+    /// keep it current.
     pub fn new(path: impl Into<PathBuf>) -> Arc<Self> {
         let path = path.into();
         let first = read_token(&path);
@@ -107,13 +111,13 @@ impl TokenSource {
 
     /// The assertion to present to Entra ID now. If the copy in memory has expired or is close to
     /// it, the file is read again first, so a rotated file is never missed.
-    pub fn assertion(&self) -> Result<Arc<FederatedToken>, SourceError> {
+    pub async fn assertion(&self) -> Result<Arc<FederatedToken>, SourceError> {
         if let Ok(t) = self.current()
             && t.seconds_left() > NEAR_EXPIRY.as_secs() as i64
         {
             return Ok(t);
         }
-        self.reload();
+        self.reload().await;
         let t = self.current()?;
         if t.seconds_left() <= 0 {
             return Err(self.expired(&t));
@@ -129,9 +133,9 @@ impl TokenSource {
         }
     }
 
-    /// Reads the file again and logs what changed (never the token itself).
-    pub fn reload(&self) {
-        let next = read_token(&self.path).map(Arc::new);
+    /// Reads the file again (off the workers) and logs what changed (never the token itself).
+    pub async fn reload(&self) {
+        let next = read_token_off_workers(&self.path).await.map(Arc::new);
         let mut guard = match self.current.write() {
             Ok(g) => g,
             Err(poisoned) => poisoned.into_inner(),
@@ -181,11 +185,11 @@ impl TokenSource {
             dir
         };
         loop {
-            if watcher.is_none() {
+            if watcher.is_none() && tokio::fs::metadata(&dir).await.is_ok_and(|m| m.is_dir()) {
                 watcher = start_watch(&dir, tx.clone());
                 if watcher.is_some() {
                     // The file may have appeared between the last read and the watch starting.
-                    self.reload();
+                    self.reload().await;
                 }
             }
             tokio::select! {
@@ -193,24 +197,23 @@ impl TokenSource {
                     if got.is_none() { return; }
                     tokio::time::sleep(DEBOUNCE).await;
                     while rx.try_recv().is_ok() {}
-                    self.reload();
+                    self.reload().await;
                 }
                 _ = tokio::time::sleep(POLL) => {
                     // Backs up the watch, and notices a watched directory that was removed.
-                    if watcher.is_some() && !dir.is_dir() {
+                    let dir_exists = tokio::fs::metadata(&dir).await.is_ok_and(|m| m.is_dir());
+                    if watcher.is_some() && !dir_exists {
                         watcher = None;
                     }
-                    self.reload();
+                    self.reload().await;
                 }
             }
         }
     }
 }
 
+/// Watches `dir`, which the caller found to be a directory.
 fn start_watch(dir: &Path, tx: mpsc::Sender<()>) -> Option<notify::RecommendedWatcher> {
-    if !dir.is_dir() {
-        return None;
-    }
     let handler = move |res: notify::Result<notify::Event>| {
         if let Ok(ev) = res
             && !matches!(ev.kind, notify::EventKind::Access(_))
@@ -233,6 +236,18 @@ fn start_watch(dir: &Path, tx: mpsc::Sender<()>) -> Option<notify::RecommendedWa
             );
             None
         }
+    }
+}
+
+/// [`read_token`] on Tokio's blocking pool, so the runtime's workers never wait on the disk.
+pub async fn read_token_off_workers(path: &Path) -> Result<FederatedToken, SourceError> {
+    let owned = path.to_path_buf();
+    match tokio::task::spawn_blocking(move || read_token(&owned)).await {
+        Ok(read) => read,
+        Err(e) => Err(SourceError::Unreadable {
+            path: path.display().to_string(),
+            reason: format!("the read was cancelled: {e}"),
+        }),
     }
 }
 

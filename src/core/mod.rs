@@ -77,7 +77,7 @@ impl Fetch for Exchanger {
         let source = Arc::clone(&self.source);
         let entra = Arc::clone(&self.entra);
         async move {
-            let assertion = source.assertion()?;
+            let assertion = source.assertion().await?;
             Ok(entra.exchange(&client_id, &scope, &assertion.token).await?)
         }
         .boxed()

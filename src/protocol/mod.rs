@@ -189,10 +189,17 @@ impl HttpError {
 
 /// A query string, decoded on demand (`application/x-www-form-urlencoded` rules: `+` is a space,
 /// `%XX` an escape; Python SDKs send values unencoded). Repeated keys are refused, as real IMDS
-/// does (docs/protocols.md#imds-request). Nothing is allocated unless a value is encoded.
+/// does (docs/protocols.md#imds-request), and so are more than [`MAX_QUERY_PARAMS`] parameters.
+/// Checking costs time linear in the query's length (plus a sort of at most
+/// [`MAX_QUERY_PARAMS`] keys); nothing is allocated unless a key is encoded.
 pub struct Query<'a> {
     raw: &'a str,
 }
+
+/// The most query parameters a token request may carry. SDKs send at most five (`api-version`,
+/// `resource`, one identity selector, sometimes `bypass_cache` or `claims`); the limit keeps a
+/// hostile query's cost small and fixed (docs/protocols.md#limits).
+pub const MAX_QUERY_PARAMS: usize = 32;
 
 fn pairs(raw: &str) -> impl Iterator<Item = (&str, &str)> {
     raw.split('&')
@@ -216,16 +223,22 @@ fn decode(s: &str) -> Cow<'_, str> {
 impl<'a> Query<'a> {
     pub fn parse(raw: Option<&'a str>) -> Result<Self, HttpError> {
         let raw = raw.unwrap_or("");
-        for (i, (k, _)) in pairs(raw).enumerate() {
-            let k = decode(k);
-            if k.is_empty() {
-                continue;
-            }
-            if pairs(raw).skip(i + 1).any(|(other, _)| decode(other) == k) {
-                return Err(HttpError::bad_request(format!(
-                    "Query parameter '{k}' is given more than once"
-                )));
-            }
+        // Counted before anything is decoded: a hostile query costs one pass over its bytes.
+        if pairs(raw).nth(MAX_QUERY_PARAMS).is_some() {
+            return Err(HttpError::bad_request(format!(
+                "Too many query variables: at most {MAX_QUERY_PARAMS} are accepted"
+            )));
+        }
+        let mut keys: Vec<Cow<'a, str>> = pairs(raw)
+            .map(|(k, _)| decode(k))
+            .filter(|k| !k.is_empty())
+            .collect();
+        keys.sort_unstable();
+        if let Some(pair) = keys.windows(2).find(|w| w[0] == w[1]) {
+            return Err(HttpError::bad_request(format!(
+                "Query parameter '{}' is given more than once",
+                pair[0]
+            )));
         }
         Ok(Query { raw })
     }
@@ -417,6 +430,26 @@ mod tests {
     }
 
     #[test]
+    fn query_accepts_up_to_the_limit_of_parameters() {
+        let query = |n: usize| {
+            (0..n)
+                .map(|i| format!("p{i}=v"))
+                .collect::<Vec<_>>()
+                .join("&")
+        };
+        assert!(Query::parse(Some(&query(MAX_QUERY_PARAMS))).is_ok());
+        let e = Query::parse(Some(&query(MAX_QUERY_PARAMS + 1)))
+            .err()
+            .expect("one too many is refused");
+        assert_eq!(e.status, StatusCode::BAD_REQUEST);
+        assert_eq!(e.error, "invalid_request");
+        assert!(e.description.contains("Too many query variables"), "{e:?}");
+        // Empty pieces (`a=1&&b=2`) are not parameters.
+        let sparse = format!("{}{}", "&".repeat(1000), query(MAX_QUERY_PARAMS));
+        assert!(Query::parse(Some(&sparse)).is_ok());
+    }
+
+    #[test]
     fn query_decodes_and_refuses_repeats() {
         let q = Query::parse(Some(
             "resource=https%3A%2F%2Fvault.azure.net&api-version=2018-02-01&x=",
@@ -439,6 +472,10 @@ mod tests {
             "an encoded repeat is a repeat"
         );
         assert!(Query::parse(Some("resource=a&resource=b")).is_err());
+        assert!(
+            Query::parse(Some("b=1&a=2&c=3&a=4")).is_err(),
+            "apart and unsorted"
+        );
         // Python sends values unencoded.
         let q = Query::parse(Some("resource=https://management.azure.com")).expect("ok");
         assert_eq!(

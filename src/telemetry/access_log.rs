@@ -1,9 +1,13 @@
 //! The access log: one line per token request (flavor, identity, resource, status, latency,
-//! cache hit or miss), in the same text or JSON layout as the rest of the logs.
+//! cache hit or miss), in the same text or JSON layout as the rest of the logs. Off by default
+//! (about 1 µs a request, and a line per request is noise at sidecar volumes; the info-level
+//! lines of the token core and the periodic [`super::summary`] say what operators need): on at
+//! info with `serve --access-log` (`IDENTITY_SIDECAR_ACCESS_LOG`), or at debug with
+//! `RUST_LOG=identity_sidecar::access=debug`.
 //!
 //! It is written on every request, so it skips `tracing`'s general-purpose formatter: the line is
 //! built in a reused per-thread buffer and handed to the batching log writer of
-//! [`crate::telemetry::logging::sink`]. `RUST_LOG` still governs it (it is an `info` event of target
+//! [`crate::telemetry::logging::sink`]. `RUST_LOG` still governs it (an event of target
 //! `identity_sidecar::access`). Without that writer (a library user, tests) it falls back to a
 //! plain `tracing` event.
 use std::cell::RefCell;
@@ -25,21 +29,36 @@ thread_local! {
     static BUF: RefCell<Vec<u8>> = RefCell::new(Vec::with_capacity(512));
 }
 
-pub fn record(e: &Entry<'_>) {
-    if !tracing::enabled!(target: "identity_sidecar::access", tracing::Level::INFO) {
-        return;
-    }
+/// Writes `e`'s line: at info when `enabled` (`--access-log`), else at debug; either only if
+/// `RUST_LOG` lets that level of target `identity_sidecar::access` through.
+pub fn record(e: &Entry<'_>, enabled: bool) {
+    let level =
+        if enabled && tracing::enabled!(target: "identity_sidecar::access", tracing::Level::INFO) {
+            Level::Info
+        } else if tracing::enabled!(target: "identity_sidecar::access", tracing::Level::DEBUG) {
+            Level::Debug
+        } else {
+            return;
+        };
     let Some((writer, format)) = logging::sink() else {
-        tracing::info!(
-            target: "identity_sidecar::access",
-            flavor = e.flavor, client_id = e.client_id, resource = e.resource, status = e.status,
-            latency_ms = e.latency_ms, cache = e.cache, "token request"
-        );
+        macro_rules! event {
+            ($lvl:expr) => {
+                tracing::event!(
+                    target: "identity_sidecar::access", $lvl,
+                    flavor = e.flavor, client_id = e.client_id, resource = e.resource,
+                    status = e.status, latency_ms = e.latency_ms, cache = e.cache, "token request"
+                )
+            };
+        }
+        match level {
+            Level::Info => event!(tracing::Level::INFO),
+            Level::Debug => event!(tracing::Level::DEBUG),
+        }
         return;
     };
     BUF.with_borrow_mut(|buf| {
         buf.clear();
-        line(buf, e, *format);
+        line(buf, e, *format, level);
         let mut w = writer.clone();
         let _ = w.write_all(buf);
     });
@@ -74,17 +93,30 @@ fn digits(buf: &mut Vec<u8>, mut n: u32, width: usize) {
     }
 }
 
+/// The level a line is written at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Level {
+    Info,
+    Debug,
+}
+
 /// One line in `format`: the same fields in the same order as `tracing-subscriber` would write
 /// them, text or JSON.
-fn line(buf: &mut Vec<u8>, e: &Entry<'_>, format: LogFormat) {
+fn line(buf: &mut Vec<u8>, e: &Entry<'_>, format: LogFormat, level: Level) {
     let json = format == LogFormat::Json;
     if json {
         buf.extend_from_slice(b"{\"timestamp\":\"");
         timestamp(buf);
-        buf.extend_from_slice(b"\",\"level\":\"INFO\",\"message\":\"token request\"");
+        buf.extend_from_slice(match level {
+            Level::Info => b"\",\"level\":\"INFO\",\"message\":\"token request\"",
+            Level::Debug => b"\",\"level\":\"DEBUG\",\"message\":\"token request\"",
+        });
     } else {
         timestamp(buf);
-        buf.extend_from_slice(b"  INFO token request");
+        buf.extend_from_slice(match level {
+            Level::Info => b"  INFO token request",
+            Level::Debug => b" DEBUG token request",
+        });
     }
     // A string field (request input: escaped), or a number written as it is.
     let text = |buf: &mut Vec<u8>, key: &str, value: &str| {
@@ -142,8 +174,8 @@ fn text_value(buf: &mut Vec<u8>, s: &str) {
 mod tests {
     use super::*;
 
-    fn line_in(buf: &mut Vec<u8>, format: LogFormat, e: &Entry<'_>) {
-        line(buf, e, format);
+    fn line_in(buf: &mut Vec<u8>, format: LogFormat, level: Level, e: &Entry<'_>) {
+        line(buf, e, format, level);
     }
 
     fn entry(resource: &str) -> Entry<'_> {
@@ -172,7 +204,12 @@ mod tests {
     #[test]
     fn json_lines_parse_and_escape_input() {
         let mut buf = Vec::new();
-        line_in(&mut buf, LogFormat::Json, &entry("https://x\"\n{evil}"));
+        line_in(
+            &mut buf,
+            LogFormat::Json,
+            Level::Info,
+            &entry("https://x\"\n{evil}"),
+        );
         let v: serde_json::Value = serde_json::from_slice(&buf).expect("json");
         assert_eq!(v["resource"], "https://x\"\n{evil}");
         assert_eq!(v["status"], 200);
@@ -182,7 +219,12 @@ mod tests {
     #[test]
     fn text_lines_cannot_be_forged() {
         let mut buf = Vec::new();
-        line_in(&mut buf, LogFormat::Text, &entry("https://vault.azure.net"));
+        line_in(
+            &mut buf,
+            LogFormat::Text,
+            Level::Info,
+            &entry("https://vault.azure.net"),
+        );
         let s = String::from_utf8(buf.clone()).expect("utf8");
         assert!(
             s.contains(" resource=https://vault.azure.net status=200 latency_ms=0.123 cache=hit\n"),
@@ -192,8 +234,20 @@ mod tests {
         line_in(
             &mut buf,
             LogFormat::Text,
+            Level::Info,
             &entry("a\n2026-01-01T00:00:00Z  INFO forged"),
         );
         assert_eq!(buf.iter().filter(|b| **b == b'\n').count(), 1);
+    }
+
+    #[test]
+    fn debug_lines_say_debug() {
+        let mut buf = Vec::new();
+        line_in(&mut buf, LogFormat::Text, Level::Debug, &entry("r"));
+        assert!(String::from_utf8_lossy(&buf).contains(" DEBUG token request "));
+        buf.clear();
+        line_in(&mut buf, LogFormat::Json, Level::Debug, &entry("r"));
+        let v: serde_json::Value = serde_json::from_slice(&buf).expect("json");
+        assert_eq!(v["level"], "DEBUG");
     }
 }

@@ -9,6 +9,10 @@
 //!
 //! [`init`] publishes the writer and the format as the process's log sink ([`sink`]), which the
 //! access log writes to directly; this module knows nothing of the access log.
+//!
+//! The release build aborts on panic (`panic = "abort"`): no destructor runs, so [`init`] also
+//! installs a panic hook that writes out the buffer before the panic message, or the last lines
+//! before a crash (up to [`FLUSH_INTERVAL`] of them) would be lost.
 use std::io::{IsTerminal as _, Write};
 use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::time::Duration;
@@ -96,6 +100,34 @@ impl Drop for Guard {
     }
 }
 
+/// Writes out what is buffered now, for the panic hook: it may run on a thread that holds the
+/// buffer's lock (a panic inside [`BatchWriter::write`]), so it tries the lock for a while
+/// instead of waiting on it.
+fn drain(shared: &Shared, out: &mut dyn Write) {
+    for _ in 0..100 {
+        let chunk = match shared.buf.try_lock() {
+            Ok(mut g) => std::mem::take(&mut g.0),
+            Err(std::sync::TryLockError::Poisoned(p)) => std::mem::take(&mut p.into_inner().0),
+            Err(std::sync::TryLockError::WouldBlock) => {
+                std::thread::sleep(Duration::from_micros(100));
+                continue;
+            }
+        };
+        let _ = out.write_all(&chunk);
+        return;
+    }
+}
+
+/// Chains a hook that drains the log buffer to stderr before the previous hook (the standard
+/// one prints the panic message), so the lines come out in the order they were logged.
+fn install_panic_hook(shared: Arc<Shared>) {
+    let previous = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        drain(&shared, &mut std::io::stderr().lock());
+        previous(info);
+    }));
+}
+
 fn writer_thread(shared: Arc<Shared>) {
     loop {
         let (chunk, stop) = {
@@ -136,10 +168,70 @@ pub fn init(format: LogFormat) -> Option<Guard> {
             .try_init(),
     };
     done.ok()?;
+    install_panic_hook(Arc::clone(&shared));
     let s = Arc::clone(&shared);
     let thread = std::thread::Builder::new()
         .name("log-writer".into())
         .spawn(move || writer_thread(s))
         .ok();
     Some(Guard { shared, thread })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn drain_takes_everything_buffered() {
+        let shared = Arc::new(Shared::default());
+        let mut w = BatchWriter(Arc::clone(&shared));
+        w.write_all(b"one\n").expect("write");
+        w.write_all(b"two\n").expect("write");
+        let mut out = Vec::new();
+        drain(&shared, &mut out);
+        assert_eq!(out, b"one\ntwo\n");
+        let mut again = Vec::new();
+        drain(&shared, &mut again);
+        assert!(again.is_empty());
+    }
+
+    const CHILD: &str = "IDENTITY_SIDECAR_TEST_PANIC_CHILD";
+
+    /// Runs this test binary again as a child that logs one line and panics at once, then aborts
+    /// as the release build does (no destructor, no later flush by the writer thread): the line
+    /// must still reach stderr, before the panic message.
+    #[test]
+    fn a_panic_flushes_the_buffered_log_lines_first() {
+        if std::env::var_os(CHILD).is_some() {
+            let guard = init(LogFormat::Text);
+            std::mem::forget(guard);
+            let hook = std::panic::take_hook();
+            std::panic::set_hook(Box::new(move |info| {
+                hook(info);
+                std::process::abort();
+            }));
+            tracing::info!("the last line before the crash");
+            panic!("deliberate test panic");
+        }
+        let exe = std::env::current_exe().expect("test binary");
+        let out = std::process::Command::new(exe)
+            .args([
+                "--exact",
+                "telemetry::logging::tests::a_panic_flushes_the_buffered_log_lines_first",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env(CHILD, "1")
+            .env("RUST_LOG", "info")
+            .output()
+            .expect("run the child");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "the child aborts: {stderr}");
+        let line = stderr.find("the last line before the crash");
+        let panic = stderr.find("deliberate test panic");
+        assert!(
+            line.is_some() && panic.is_some() && line < panic,
+            "want the log line, then the panic message:\n{stderr}"
+        );
+    }
 }

@@ -53,6 +53,19 @@ case $(ldd "$work/builder/out/identity-sidecar" 2>&1) in
     *) fail "binary is not static: $(ldd "$work/builder/out/identity-sidecar" 2>&1)" ;;
 esac
 
+# The production binary has no mock Entra ID: `dev` / `mock-aad` explain and exit 2, and
+# neither the mock's module nor its crates left a trace (panic locations survive stripping).
+bin="$work/builder/out/identity-sidecar"
+for sub in dev mock-aad; do
+    rc=0; out=$("$bin" "$sub" 2>&1) || rc=$?
+    [ "$rc" = 2 ] || fail "'identity-sidecar $sub' exited $rc, want 2: $out"
+    case $out in *"not built into this binary"*) ;; *) fail "'$sub' said: $out" ;; esac
+done
+for needle in mock_aad jsonwebtoken rcgen "unknown admin endpoint"; do
+    if grep -qaF "$needle" "$bin"; then fail "the production binary contains '$needle'"; fi
+done
+say "production binary: no mock (dev/mock-aad exit 2, no mock code or crates)"
+
 say "stand-in for the init base image"
 "$repo/tests/image/standin-iptables-rootfs" "$work/iptables-base"
 c=$(buildah from scratch)
