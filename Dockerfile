@@ -14,6 +14,21 @@
 #
 # Build arguments: RUST_VERSION, BUILDER_IMAGE, RUNTIME_BASE (scratch, or a distroless static
 # image), INIT_BASE (needs iptables-nft and/or iptables-legacy in /usr/sbin or PATH).
+#
+# Base images are named by tag here. A release pins each by digest through the same arguments,
+# with digests read from the registry at release time (`crane digest IMAGE:TAG`, `skopeo inspect
+# docker://IMAGE:TAG`, or `docker buildx imagetools inspect`; for a multi-arch image, the index
+# digest), never copied from anywhere else:
+#   docker build \
+#     --build-arg BUILDER_IMAGE=docker.io/library/rust:1.95-bookworm@sha256:<index digest> \
+#     --build-arg INIT_BASE=registry.k8s.io/build-image/distroless-iptables:v0.7.8@sha256:<index digest> .
+# (`scratch` has no digest.) docs/kubernetes.md#2-images.
+#
+# Platforms: the builder runs on the target platform and maps TARGETARCH (set by buildx) to the
+# musl target: amd64 -> x86_64-unknown-linux-musl, arm64 -> aarch64-unknown-linux-musl, so
+# `docker buildx build --platform linux/arm64` works where that platform can run (natively or
+# under QEMU). Only linux/amd64 is built and tested in this repository's CI.
+#
 # The builder stage only runs scripts/build-static; the image test (tests/image.rs) runs the same
 # script on the host and hands its output in as this stage (`--build-context builder=DIR`).
 ARG RUST_VERSION=1.95
@@ -22,14 +37,34 @@ ARG RUNTIME_BASE=scratch
 ARG INIT_BASE=registry.k8s.io/build-image/distroless-iptables:v0.7.8
 
 FROM ${BUILDER_IMAGE} AS builder
-RUN apt-get update \
+ARG TARGETARCH
+RUN case "${TARGETARCH:-amd64}" in \
+        amd64) echo x86_64-unknown-linux-musl ;; \
+        arm64) echo aarch64-unknown-linux-musl ;; \
+        *) echo "unsupported TARGETARCH ${TARGETARCH}: add its musl target here" >&2; exit 1 ;; \
+    esac > /rust-target \
+ && apt-get update \
  && apt-get install -y --no-install-recommends musl-tools ca-certificates \
  && rm -rf /var/lib/apt/lists/* \
- && rustup target add x86_64-unknown-linux-musl
+ && rustup target add "$(cat /rust-target)"
 WORKDIR /src
+# Dependencies first, in a layer of their own: the manifest, the lock file and the build script
+# with stand-in sources, built exactly as below; a source change then rebuilds only this crate.
+# (Cargo checks that every declared target's file exists: each gets a one-line stand-in.)
+COPY Cargo.toml Cargo.lock ./
+COPY scripts/build-static scripts/build-static
+RUN for f in $(sed -n 's/^path = "\(.*\)"/\1/p' Cargo.toml) examples/minimal_server.rs \
+        $(sed -n '/^\[\[example\]\]/{n;s/^name = "\(.*\)"/examples\/\1.rs/p;}' Cargo.toml) \
+        $(sed -n '/^\[\[test\]\]/{n;s/^name = "\(.*\)"/tests\/\1.rs/p;}' Cargo.toml); do \
+        mkdir -p "$(dirname "$f")" && echo 'fn main() {}' > "$f"; \
+    done \
+ && IDENTITY_SIDECAR_TARGET=$(cat /rust-target) scripts/build-static /tmp/deps \
+ && rm -rf /tmp/deps src examples tests \
+      target/*/release/identity-sidecar* target/*/release/deps/identity_sidecar* \
+      target/*/release/deps/libidentity_sidecar* target/*/release/.fingerprint/identity-sidecar-*
 COPY . .
 # Static musl release binary -> /out/identity-sidecar; CA bundle -> /out/etc/ssl/certs/.
-RUN scripts/build-static /out
+RUN IDENTITY_SIDECAR_TARGET=$(cat /rust-target) scripts/build-static /out
 
 FROM ${INIT_BASE} AS init
 COPY --from=builder /out/identity-sidecar /usr/local/bin/identity-sidecar
@@ -53,6 +88,7 @@ COPY --from=builder /out/identity-sidecar /usr/local/bin/identity-sidecar
 # 1501 = identity_sidecar::init_network::SIDECAR_UID: init-network exempts this uid from the
 # IMDS redirect. Change both together (or pass init-network --uid).
 USER 1501:1501
-EXPOSE 8000
+# No EXPOSE: the sidecar listens on the pod's loopback only (127.0.0.1:8000), which no other pod
+# and no Service can reach; docs/kubernetes.md says why.
 ENTRYPOINT ["/usr/local/bin/identity-sidecar"]
 CMD ["serve"]

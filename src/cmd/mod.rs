@@ -79,6 +79,9 @@ fn not_built(command: &str) -> ExitCode {
 }
 
 pub fn main() -> ExitCode {
+    // The one TLS provider of the sidecar's own clients (reqwest asks for the process default
+    // even for plain-http clients); the mock, in dev builds, picks aws-lc-rs explicitly.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {

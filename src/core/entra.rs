@@ -585,7 +585,7 @@ pub fn tls_config(extra: &[std::path::PathBuf]) -> Result<rustls::ClientConfig, 
             "no trusted CA certificates found (no system bundle, no SSL_CERT_FILE): https calls will fail"
         );
     }
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
     let cfg = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| format!("TLS setup failed: {e}"))?

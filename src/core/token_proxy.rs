@@ -297,7 +297,7 @@ pub fn tls_for_ca(pem: &[u8]) -> Result<rustls::ClientConfig, String> {
     if roots.is_empty() {
         return Err("holds no certificate".to_string());
     }
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
     Ok(rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| format!("TLS setup failed: {e}"))?

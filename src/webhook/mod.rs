@@ -298,6 +298,9 @@ impl ServeArgs {
 
 /// The binary's entry point.
 pub fn main() -> ExitCode {
+    // One crypto provider for every TLS user in the process (the Kubernetes API client, the
+    // listener), as the sidecar does.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     match Cli::parse().command {
         Command::Serve(args) => serve(args),
         Command::Certs(args) => certs(&args),

@@ -58,7 +58,7 @@ pub enum Reload {
 }
 
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
-    Arc::new(rustls::crypto::aws_lc_rs::default_provider())
+    Arc::new(rustls::crypto::ring::default_provider())
 }
 
 /// Parses a certificate chain and its key, checking that they belong together.

@@ -20,6 +20,15 @@ INIT = "identity-sidecar-init"
 TOKEN_PATH = "azure-identity-token"
 EXPECTED = {"app-service", "imds-intercept", "azwi-webhook", "job", "legacy-sidecar"}
 SIDECAR_UID = 1501
+# The Pod Security level each overlay's pods meet (docs/kubernetes.md#pod-security): imds-intercept
+# adds NET_ADMIN to an init container running as uid 0, which baseline already forbids.
+POD_SECURITY = {"app-service": "restricted", "imds-intercept": "privileged", "azwi-webhook": "restricted",
+                "job": "restricted", "legacy-sidecar": "restricted"}
+# Capabilities baseline lets a container add (the container runtime's default set).
+BASELINE_CAPS = {"AUDIT_WRITE", "CHOWN", "DAC_OVERRIDE", "FOWNER", "FSETID", "KILL", "MKNOD",
+                 "NET_BIND_SERVICE", "SETFCAP", "SETGID", "SETPCAP", "SETUID", "SYS_CHROOT"}
+RESTRICTED_VOLUMES = {"configMap", "csi", "downwardAPI", "emptyDir", "ephemeral",
+                      "persistentVolumeClaim", "projected", "secret"}
 
 
 class Fail(Exception):
@@ -150,6 +159,12 @@ def check_pod(kind, name, meta, spec, overlay, sas):
         check(env_value(c, "AZURE_FEDERATED_TOKEN_FILE") is None,
               f"{where}: container {c['name']} has AZURE_FEDERATED_TOKEN_FILE (SDKs would bypass the sidecar)")
     for c in apps:
+        sc = c.get("securityContext", {}) or {}
+        check(sc.get("runAsNonRoot") is True and sc.get("allowPrivilegeEscalation") is False
+              and sc.get("capabilities", {}).get("drop") == ["ALL"]
+              and sc.get("seccompProfile", {}).get("type") == "RuntimeDefault",
+              f"{where}: app {c['name']} needs a restricted securityContext (runAsNonRoot, "
+              f"allowPrivilegeEscalation false, drop ALL, seccomp RuntimeDefault), got {sc}")
         check(env_value(c, "IDENTITY_ENDPOINT") == "http://127.0.0.1:8000/msi/token",
               f"{where}: app {c['name']} needs IDENTITY_ENDPOINT")
         hdr = env_value(c, "IDENTITY_HEADER")
@@ -191,6 +206,63 @@ def check_pod(kind, name, meta, spec, overlay, sas):
         check(spec.get("restartPolicy") in ("Never", "OnFailure"), f"{where}: Job restartPolicy")
 
 
+def pod_security_problems(spec):
+    """What keeps a pod spec from Pod Security "baseline" and from "restricted" (the container
+    and pod rules of https://kubernetes.io/docs/concepts/security/pod-security-standards/ that
+    these manifests can touch), as two lists of reasons."""
+    baseline, restricted = [], []
+    pod_sc = spec.get("securityContext", {}) or {}
+    for flag in ("hostNetwork", "hostPID", "hostIPC"):
+        if spec.get(flag):
+            baseline.append(flag)
+    for v in spec.get("volumes", []) or []:
+        kinds = set(v) - {"name"}
+        if "hostPath" in kinds:
+            baseline.append(f"volume {v['name']}: hostPath")
+        if not kinds <= RESTRICTED_VOLUMES:
+            restricted.append(f"volume {v['name']}: {sorted(kinds)}")
+    for c in (spec.get("initContainers", []) or []) + (spec.get("containers", []) or []):
+        name = c["name"]
+        sc = c.get("securityContext", {}) or {}
+        caps = sc.get("capabilities", {}) or {}
+        added = set(caps.get("add", []) or [])
+        merged = lambda key: sc.get(key, pod_sc.get(key))
+        seccomp = (sc.get("seccompProfile") or pod_sc.get("seccompProfile") or {}).get("type")
+        if sc.get("privileged"):
+            baseline.append(f"{name}: privileged")
+        if not added <= BASELINE_CAPS:
+            baseline.append(f"{name}: adds {sorted(added - BASELINE_CAPS)}")
+        if seccomp == "Unconfined":
+            baseline.append(f"{name}: seccomp Unconfined")
+        if any(p.get("hostPort") for p in c.get("ports", []) or []):
+            baseline.append(f"{name}: hostPort")
+        if sc.get("allowPrivilegeEscalation") is not False:
+            restricted.append(f"{name}: allowPrivilegeEscalation is not false")
+        if "ALL" not in (caps.get("drop") or []):
+            restricted.append(f"{name}: does not drop ALL capabilities")
+        if not added <= {"NET_BIND_SERVICE"}:
+            restricted.append(f"{name}: adds {sorted(added)}")
+        if merged("runAsNonRoot") is not True:
+            restricted.append(f"{name}: runAsNonRoot is not true")
+        if merged("runAsUser") == 0:
+            restricted.append(f"{name}: runs as uid 0")
+        if seccomp not in ("RuntimeDefault", "Localhost"):
+            restricted.append(f"{name}: seccompProfile is {seccomp}, not RuntimeDefault")
+    return baseline, restricted
+
+
+def check_pod_security(where, spec, overlay):
+    baseline, restricted = pod_security_problems(spec)
+    level = "privileged" if baseline else "baseline" if restricted else "restricted"
+    want = POD_SECURITY[overlay]
+    check(level == want, f"{where}: meets Pod Security {level!r}, docs/kubernetes.md says {want!r}: "
+          f"{'; '.join(baseline + restricted) or 'no violation'}")
+    if overlay == "imds-intercept":
+        # Only the init container may be what needs more than restricted.
+        others = [r for r in baseline + restricted if not r.startswith(INIT + ":")]
+        check(not others, f"{where}: besides {INIT}: {'; '.join(others)}")
+
+
 def check_overlay(overlay_dir, validator):
     overlay = os.path.basename(overlay_dir)
     text = render(overlay_dir)
@@ -205,6 +277,7 @@ def check_overlay(overlay_dir, validator):
     for w in workloads:
         t = w["spec"]["template"]
         check_pod(w["kind"], w["metadata"]["name"], t.get("metadata", {}), t["spec"], overlay, sas)
+        check_pod_security(f"{w['kind']}/{w['metadata']['name']}", t["spec"], overlay)
 
 
 def main():

@@ -48,7 +48,7 @@ impl FakeKube {
                 .collect::<Result<_, _>>()
                 .expect("chain");
         let key = rustls_pki_types::PrivateKeyDer::from_pem_slice(g.key.as_bytes()).expect("key");
-        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
         let cfg = rustls::ServerConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
             .expect("versions")

@@ -82,7 +82,7 @@ fn issue(name: &str) -> (String, Arc<CertifiedKey>) {
     leaf.use_authority_key_identifier_extension = true;
     let leaf_key = KeyPair::generate().expect("leaf key");
     let leaf_cert = leaf.signed_by(&leaf_key, &issuer).expect("leaf cert");
-    let provider = rustls::crypto::aws_lc_rs::default_provider();
+    let provider = rustls::crypto::ring::default_provider();
     let key = provider
         .key_provider
         .load_private_key(PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(
@@ -109,7 +109,7 @@ impl TokenProxy {
             refused: Mutex::new(Vec::new()),
             last_sni: Mutex::new(String::new()),
         });
-        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
         let mut server = rustls::ServerConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
             .expect("versions")

@@ -55,7 +55,7 @@ pub fn client_trusting(cas: &[&str]) -> reqwest::Client {
             roots.add(c.expect("pem")).expect("root");
         }
     }
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
     let tls = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .expect("versions")
