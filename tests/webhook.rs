@@ -1190,21 +1190,8 @@ async fn certificate_rotation_under_continuous_requests_fails_no_request() {
 
 /// A client that opens a new connection (and TLS handshake) for every request.
 fn fresh_connection_client(cas: &[&str]) -> reqwest::Client {
-    use rustls_pki_types::pem::PemObject as _;
-    let mut roots = rustls::RootCertStore::empty();
-    for ca in cas {
-        for c in rustls_pki_types::CertificateDer::pem_slice_iter(ca.as_bytes()) {
-            roots.add(c.expect("pem")).expect("root");
-        }
-    }
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let tls = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .expect("versions")
-        .with_root_certificates(roots)
-        .with_no_client_auth();
     reqwest::Client::builder()
-        .use_preconfigured_tls(tls)
+        .use_preconfigured_tls(webhook_proc::tls_trusting(cas))
         .no_proxy()
         .pool_max_idle_per_host(0)
         .timeout(Duration::from_secs(10))

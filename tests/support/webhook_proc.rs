@@ -49,6 +49,16 @@ pub fn binary() -> PathBuf {
 
 /// A reqwest client trusting exactly the PEM CAs given.
 pub fn client_trusting(cas: &[&str]) -> reqwest::Client {
+    reqwest::Client::builder()
+        .use_preconfigured_tls(tls_trusting(cas))
+        .no_proxy()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .expect("client")
+}
+
+/// A TLS client configuration trusting exactly the PEM CAs given.
+pub fn tls_trusting(cas: &[&str]) -> rustls::ClientConfig {
     let mut roots = rustls::RootCertStore::empty();
     for ca in cas {
         for c in rustls_pki_types::CertificateDer::pem_slice_iter(ca.as_bytes()) {
@@ -56,17 +66,11 @@ pub fn client_trusting(cas: &[&str]) -> reqwest::Client {
         }
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let tls = rustls::ClientConfig::builder_with_provider(provider)
+    rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .expect("versions")
         .with_root_certificates(roots)
-        .with_no_client_auth();
-    reqwest::Client::builder()
-        .use_preconfigured_tls(tls)
-        .no_proxy()
-        .timeout(Duration::from_secs(10))
-        .build()
-        .expect("client")
+        .with_no_client_auth()
 }
 
 /// Writes a fresh CA + serving certificate for localhost into `dir`; returns the CA PEM.
