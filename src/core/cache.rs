@@ -129,8 +129,11 @@ struct State {
     blocked: Option<(Instant, TokenError)>,
 }
 
-/// client id -> scope -> entry; nested so lookups borrow `&str` without allocating.
-type Map = HashMap<Arc<str>, HashMap<Arc<str>, Arc<Entry>>>;
+/// client id -> scope -> entry; nested so lookups borrow `&str` without allocating. Hashed with
+/// foldhash (seeded per process): the keys are short and few (at most `max_entries`), and SipHash
+/// was the largest cost of a cache hit.
+type Map = HashMap<Arc<str>, HashMap<Arc<str>, Arc<Entry>, Hasher>, Hasher>;
+type Hasher = foldhash::fast::RandomState;
 
 struct Inner {
     map: RwLock<Map>,
@@ -163,7 +166,7 @@ impl TokenCache {
     /// Creates the cache and starts its refresher on the current Tokio runtime.
     pub fn new(fetcher: Arc<dyn Fetch>, max_entries: usize, metrics: Arc<Metrics>) -> Self {
         let inner = Arc::new(Inner {
-            map: RwLock::new(HashMap::new()),
+            map: RwLock::new(HashMap::default()),
             len: AtomicUsize::new(0),
             max_entries: max_entries.max(1),
             fetcher,

@@ -19,11 +19,11 @@
 //! and the OAuth `error`/`error_description`, so every SDK's parser finds its fields.
 use std::borrow::Cow;
 
-use http::{HeaderMap, StatusCode};
+use http::{HeaderMap, HeaderName, StatusCode};
 use serde::Serialize;
 
 use super::user_agent::{ExpiresOnFormat, ExpiresOnMode};
-use super::{Flavor, FlavorName, HttpError, JsonObject, Params, Query, TokenRequest};
+use super::{Flavor, FlavorName, HttpError, JsonObject, Params, Query, Shape, TokenRequest};
 use crate::config::Policy;
 use crate::core::cache::CachedToken;
 
@@ -65,10 +65,11 @@ impl Version {
         }
     }
 
-    fn header(self) -> &'static str {
+    /// The header carrying the secret (a constant name: looked up without parsing it).
+    fn header(self) -> HeaderName {
         match self {
-            Version::V2019 => "x-identity-header",
-            Version::V2017 => "secret",
+            Version::V2019 => HeaderName::from_static("x-identity-header"),
+            Version::V2017 => HeaderName::from_static("secret"),
         }
     }
 }
@@ -98,15 +99,15 @@ impl Flavor for AppService {
         parse(version, headers, query, policy)
     }
 
-    fn render(
-        version: Version,
-        headers: &HeaderMap,
-        policy: &Policy,
-        token: &CachedToken,
-        req: &TokenRequest,
-    ) -> Vec<u8> {
-        let fmt = expires_on_format(version, headers, policy.msi_2017_expires_on);
-        render(version, token, req, fmt)
+    fn shape(version: Version, headers: &HeaderMap, policy: &Policy) -> Shape {
+        match version {
+            Version::V2019 => Shape::AppService2019,
+            Version::V2017 => Shape::AppService2017(expires_on_format(
+                version,
+                headers,
+                policy.msi_2017_expires_on,
+            )),
+        }
     }
 
     fn render_error(e: &HttpError) -> Vec<u8> {
@@ -146,14 +147,8 @@ impl Flavor for CloudShell {
     }
 
     /// IMDS's body: @azure/identity 1.x needs `expires_in`, azure-identity `resource`.
-    fn render(
-        _version: (),
-        _headers: &HeaderMap,
-        _policy: &Policy,
-        token: &CachedToken,
-        req: &TokenRequest,
-    ) -> Vec<u8> {
-        super::imds::render(token, req)
+    fn shape(_version: (), _headers: &HeaderMap, _policy: &Policy) -> Shape {
+        Shape::Imds
     }
 
     fn render_error(e: &HttpError) -> Vec<u8> {
@@ -168,7 +163,7 @@ pub fn matches(path: &str) -> bool {
 /// Decides the version from `api-version`, before anything else, so errors use its wording.
 pub fn version(query: Option<&str>) -> Result<Version, HttpError> {
     let q = Query::parse(query)?;
-    match q.api_version()?.as_ref() {
+    match q.api_version()? {
         "2017-09-01" => Ok(Version::V2017),
         v if v >= "2019-08-01"
             && v.len() >= 10
@@ -194,7 +189,7 @@ pub fn parse<'a>(
         ));
     };
     let header = version.header();
-    match headers.get(header) {
+    match headers.get(&header) {
         None => {
             return Err(unauthorized(format!(
                 "Required header '{header}' is missing"

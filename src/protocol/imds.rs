@@ -9,10 +9,10 @@
 //!   (docs/protocols.md#imds-response).
 use std::borrow::Cow;
 
-use http::{HeaderMap, StatusCode};
+use http::{HeaderMap, HeaderName, StatusCode};
 use serde::Serialize;
 
-use super::{Flavor, FlavorName, HttpError, JsonObject, Query, TokenRequest};
+use super::{Flavor, FlavorName, HttpError, JsonObject, Query, Shape, TokenRequest};
 use crate::config::Policy;
 use crate::core::cache::CachedToken;
 
@@ -67,14 +67,8 @@ impl Flavor for Imds {
         parse(headers, query, policy)
     }
 
-    fn render(
-        _version: (),
-        _headers: &HeaderMap,
-        _policy: &Policy,
-        token: &CachedToken,
-        req: &TokenRequest,
-    ) -> Vec<u8> {
-        render(token, req)
+    fn shape(_version: (), _headers: &HeaderMap, _policy: &Policy) -> Shape {
+        Shape::Imds
     }
 
     fn render_error(e: &HttpError) -> Vec<u8> {
@@ -90,7 +84,7 @@ pub fn parse<'a>(
     check_ssrf_guard(headers)?;
     let q = Query::parse(query)?;
     let version = q.api_version()?;
-    if !version_at_least(&version, "2018-02-01") {
+    if !version_at_least(version, "2018-02-01") {
         return Err(HttpError::bad_request(format!(
             "api-version '{version}' is not supported; use 2018-02-01 or later"
         )));
@@ -107,13 +101,15 @@ pub fn parse<'a>(
 /// (docs/protocols.md#cloud-shell-form): a `Metadata: true` header (which a forged request cannot
 /// add) and no `X-Forwarded-For`.
 pub fn check_ssrf_guard(headers: &HeaderMap) -> Result<(), HttpError> {
-    let metadata = headers.get("metadata").and_then(|v| v.to_str().ok());
+    const METADATA: HeaderName = HeaderName::from_static("metadata");
+    const FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+    let metadata = headers.get(METADATA).and_then(|v| v.to_str().ok());
     if !metadata.is_some_and(|v| v.trim().eq_ignore_ascii_case("true")) {
         return Err(HttpError::bad_request(
             "Required metadata header not specified",
         ));
     }
-    if headers.contains_key("x-forwarded-for") {
+    if headers.contains_key(FORWARDED_FOR) {
         return Err(HttpError::bad_request(
             "Requests with an X-Forwarded-For header are refused: IMDS must not be reached through a proxy",
         ));

@@ -53,16 +53,57 @@ pub trait Flavor {
         params: Option<&'a str>,
         policy: &'a Policy,
     ) -> Result<TokenRequest<'a>, HttpError>;
-    /// The answer; `headers` and `policy` are there for answers whose shape depends on the client
-    /// (App Service 2017-09-01's `expires_on`, docs/protocols.md#app-service-2017-09-01-expires_on-by-client).
-    fn render(
-        version: Self::Version,
-        headers: &HeaderMap,
-        policy: &Policy,
-        token: &CachedToken,
-        req: &TokenRequest,
-    ) -> Vec<u8>;
+    /// The shape of its answer for this request: everything besides the token, the request and
+    /// the clock that the answer's bytes depend on (App Service 2017-09-01's `expires_on` depends
+    /// on the client, docs/protocols.md#app-service-2017-09-01-expires_on-by-client).
+    fn shape(version: Self::Version, headers: &HeaderMap, policy: &Policy) -> Shape;
     fn render_error(e: &HttpError) -> Vec<u8>;
+}
+
+/// The shape of a token answer. [`Shape::render`] is a function of the shape, the token, the
+/// request and the current second only, so equal inputs give equal bytes (the handler reuses the
+/// last answer on that basis).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shape {
+    /// IMDS's body, also the Cloud Shell form's.
+    Imds,
+    AppService2019,
+    AppService2017(user_agent::ExpiresOnFormat),
+}
+
+impl Shape {
+    /// Every shape, in [`Shape::index`] order.
+    pub const COUNT: usize = 4;
+
+    /// A small number per shape, for tables indexed by shape.
+    pub fn index(self) -> usize {
+        match self {
+            Shape::Imds => 0,
+            Shape::AppService2019 => 1,
+            Shape::AppService2017(user_agent::ExpiresOnFormat::Epoch) => 2,
+            Shape::AppService2017(user_agent::ExpiresOnFormat::Date) => 3,
+        }
+    }
+
+    /// Whether the answer carries a relative time (`expires_in`), so changes every second.
+    pub fn ticks(self) -> bool {
+        matches!(self, Shape::Imds)
+    }
+
+    pub fn render(self, token: &CachedToken, req: &TokenRequest) -> Vec<u8> {
+        match self {
+            Shape::Imds => imds::render(token, req),
+            Shape::AppService2019 => app_service::render(
+                app_service::Version::V2019,
+                token,
+                req,
+                user_agent::ExpiresOnFormat::Epoch,
+            ),
+            Shape::AppService2017(fmt) => {
+                app_service::render(app_service::Version::V2017, token, req, fmt)
+            }
+        }
+    }
 }
 
 /// Where a flavor's request parameters travel.
@@ -187,13 +228,15 @@ impl HttpError {
     }
 }
 
-/// A query string, decoded on demand (`application/x-www-form-urlencoded` rules: `+` is a space,
-/// `%XX` an escape; Python SDKs send values unencoded). Repeated keys are refused, as real IMDS
-/// does (docs/protocols.md#imds-request), and so are more than [`MAX_QUERY_PARAMS`] parameters.
-/// Checking costs time linear in the query's length (plus a sort of at most
-/// [`MAX_QUERY_PARAMS`] keys); nothing is allocated unless a key is encoded.
+/// A query string (or form body), split and decoded once (`application/x-www-form-urlencoded`
+/// rules: `+` is a space, `%XX` an escape; Python SDKs send values unencoded). Repeated keys are
+/// refused, as real IMDS does (docs/protocols.md#imds-request), and so are more than
+/// [`MAX_QUERY_PARAMS`] parameters. Parsing costs one pass over the query, stopping at the
+/// limit, plus a sort of at most [`MAX_QUERY_PARAMS`] keys; nothing is copied unless a component
+/// is encoded, and the lookups after it compare a handful of short keys.
 pub struct Query<'a> {
-    raw: &'a str,
+    /// The decoded pairs with a non-empty key, in order.
+    pairs: Vec<(Cow<'a, str>, Cow<'a, str>)>,
 }
 
 /// The most query parameters a token request may carry. SDKs send at most five (`api-version`,
@@ -201,15 +244,9 @@ pub struct Query<'a> {
 /// hostile query's cost small and fixed (docs/protocols.md#limits).
 pub const MAX_QUERY_PARAMS: usize = 32;
 
-fn pairs(raw: &str) -> impl Iterator<Item = (&str, &str)> {
-    raw.split('&')
-        .filter(|p| !p.is_empty())
-        .map(|p| p.split_once('=').unwrap_or((p, "")))
-}
-
-/// Decodes one query component.
-fn decode(s: &str) -> Cow<'_, str> {
-    if !s.bytes().any(|b| b == b'%' || b == b'+') {
+/// A query component as given, and whether it holds an escape (`%XX` or `+`).
+fn decode(s: &str, encoded: bool) -> Cow<'_, str> {
+    if !encoded {
         return Cow::Borrowed(s);
     }
     let spaced = s.replace('+', " ");
@@ -223,16 +260,48 @@ fn decode(s: &str) -> Cow<'_, str> {
 impl<'a> Query<'a> {
     pub fn parse(raw: Option<&'a str>) -> Result<Self, HttpError> {
         let raw = raw.unwrap_or("");
-        // Counted before anything is decoded: a hostile query costs one pass over its bytes.
-        if pairs(raw).nth(MAX_QUERY_PARAMS).is_some() {
-            return Err(HttpError::bad_request(format!(
-                "Too many query variables: at most {MAX_QUERY_PARAMS} are accepted"
-            )));
+        let mut pairs = Vec::with_capacity(4);
+        let mut count = 0;
+        // One pass over the bytes: where each part ends, its first `=`, and whether its key or
+        // value needs decoding. A hostile query stops at the limit before anything is decoded.
+        let bytes = raw.as_bytes();
+        let mut start = 0;
+        while start < bytes.len() {
+            let (mut eq, mut key_encoded, mut value_encoded) = (None, false, false);
+            let mut end = start;
+            while end < bytes.len() && bytes[end] != b'&' {
+                match bytes[end] {
+                    b'=' if eq.is_none() => eq = Some(end),
+                    b'%' | b'+' if eq.is_none() => key_encoded = true,
+                    b'%' | b'+' => value_encoded = true,
+                    _ => {}
+                }
+                end += 1;
+            }
+            if end > start {
+                count += 1;
+                if count > MAX_QUERY_PARAMS {
+                    return Err(HttpError::bad_request(format!(
+                        "Too many query variables: at most {MAX_QUERY_PARAMS} are accepted"
+                    )));
+                }
+                // `&`, `=`, `%` and `+` are ASCII, so these are char boundaries.
+                let (k, v) = match eq {
+                    Some(i) => (&raw[start..i], &raw[i + 1..end]),
+                    None => (&raw[start..end], ""),
+                };
+                let k = decode(k, key_encoded);
+                if !k.is_empty() {
+                    pairs.push((k, decode(v, value_encoded)));
+                }
+            }
+            start = end + 1;
         }
-        let mut keys: Vec<Cow<'a, str>> = pairs(raw)
-            .map(|(k, _)| decode(k))
-            .filter(|k| !k.is_empty())
-            .collect();
+        let mut keys = [""; MAX_QUERY_PARAMS];
+        for (slot, (k, _)) in keys.iter_mut().zip(&pairs) {
+            *slot = k;
+        }
+        let keys = &mut keys[..pairs.len()];
         keys.sort_unstable();
         if let Some(pair) = keys.windows(2).find(|w| w[0] == w[1]) {
             return Err(HttpError::bad_request(format!(
@@ -240,19 +309,24 @@ impl<'a> Query<'a> {
                 pair[0]
             )));
         }
-        Ok(Query { raw })
+        Ok(Query { pairs })
     }
 
     /// The decoded value of `key`; an empty value counts as absent.
-    pub fn get(&self, key: &str) -> Option<Cow<'a, str>> {
-        pairs(self.raw)
-            .find(|(k, _)| decode(k) == key)
-            .map(|(_, v)| decode(v))
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.value(key).map(|v| &**v)
+    }
+
+    fn value(&self, key: &str) -> Option<&Cow<'a, str>> {
+        self.pairs
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v)
             .filter(|v| !v.is_empty())
     }
 
     /// `api-version`, required by every flavor.
-    pub fn api_version(&self) -> Result<Cow<'a, str>, HttpError> {
+    pub fn api_version(&self) -> Result<&str, HttpError> {
         self.get("api-version").ok_or_else(|| {
             HttpError::bad_request("Required query variable 'api-version' is missing")
         })
@@ -260,7 +334,7 @@ impl<'a> Query<'a> {
 
     /// `resource`, checked against `--allowed-resources`.
     pub fn resource(&self, policy: &Policy) -> Result<Cow<'a, str>, HttpError> {
-        let r = self.get("resource").ok_or_else(|| {
+        let r = self.value("resource").cloned().ok_or_else(|| {
             HttpError::bad_request("Required query variable 'resource' is missing")
         })?;
         if !policy.allowed_resources.is_empty()
@@ -328,6 +402,8 @@ impl JsonObject {
         JsonObject(v)
     }
 
+    // Inlined so each key's length is a constant and its copy a few moves, not a memcpy call.
+    #[inline(always)]
     fn key(&mut self, name: &str) {
         if self.0.len() > 1 {
             self.0.push(b',');
@@ -338,30 +414,42 @@ impl JsonObject {
     }
 
     /// A value that is already a JSON literal.
+    #[inline]
     pub fn raw(mut self, name: &str, literal: &str) -> Self {
         self.key(name);
         self.0.extend_from_slice(literal.as_bytes());
         self
     }
 
+    #[inline]
     pub fn str(mut self, name: &str, value: &str) -> Self {
         self.key(name);
-        let _ = serde_json::to_writer(&mut self.0, value);
+        if value.bytes().any(|b| b < 0x20 || b == b'"' || b == b'\\') {
+            let _ = serde_json::to_writer(&mut self.0, value);
+        } else {
+            // Nothing to escape (the usual case): the bytes as they are.
+            self.0.push(b'"');
+            self.0.extend_from_slice(value.as_bytes());
+            self.0.push(b'"');
+        }
         self
     }
 
     /// A number written as a string, as IMDS sends numbers.
+    #[inline]
     pub fn num_str(mut self, name: &str, value: u64) -> Self {
-        use std::io::Write as _;
         self.key(name);
-        let _ = write!(self.0, "\"{value}\"");
+        self.0.push(b'"');
+        self.0
+            .extend_from_slice(itoa::Buffer::new().format(value).as_bytes());
+        self.0.push(b'"');
         self
     }
 
     pub fn num(mut self, name: &str, value: u64) -> Self {
-        use std::io::Write as _;
         self.key(name);
-        let _ = write!(self.0, "{value}");
+        self.0
+            .extend_from_slice(itoa::Buffer::new().format(value).as_bytes());
         self
     }
 
@@ -409,9 +497,14 @@ mod tests {
             .str("b", "q\"\n")
             .num_str("c", 5)
             .num("d", 6)
+            .str("e", "https://vault.azure.net/")
+            .str("f", "back\\slash")
             .finish();
         let v: serde_json::Value = serde_json::from_slice(&b).expect("json");
-        assert_eq!(v, serde_json::json!({"a":"x","b":"q\"\n","c":"5","d":6}));
+        assert_eq!(
+            v,
+            serde_json::json!({"a":"x","b":"q\"\n","c":"5","d":6,"e":"https://vault.azure.net/","f":"back\\slash"})
+        );
     }
 
     #[test]
@@ -455,16 +548,10 @@ mod tests {
             "resource=https%3A%2F%2Fvault.azure.net&api-version=2018-02-01&x=",
         ))
         .expect("ok");
-        assert_eq!(
-            q.get("resource").as_deref(),
-            Some("https://vault.azure.net")
-        );
+        assert_eq!(q.get("resource"), Some("https://vault.azure.net"));
         assert_eq!(q.get("x"), None);
         assert_eq!(
-            Query::parse(Some("a=b+c%20d"))
-                .expect("ok")
-                .get("a")
-                .as_deref(),
+            Query::parse(Some("a=b+c%20d")).expect("ok").get("a"),
             Some("b c d")
         );
         assert!(
@@ -478,9 +565,6 @@ mod tests {
         );
         // Python sends values unencoded.
         let q = Query::parse(Some("resource=https://management.azure.com")).expect("ok");
-        assert_eq!(
-            q.get("resource").as_deref(),
-            Some("https://management.azure.com")
-        );
+        assert_eq!(q.get("resource"), Some("https://management.azure.com"));
     }
 }

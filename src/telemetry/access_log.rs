@@ -29,9 +29,10 @@ thread_local! {
     static BUF: RefCell<Vec<u8>> = RefCell::new(Vec::with_capacity(512));
 }
 
-/// Writes `e`'s line: at info when `enabled` (`--access-log`), else at debug; either only if
-/// `RUST_LOG` lets that level of target `identity_sidecar::access` through.
-pub fn record(e: &Entry<'_>, enabled: bool) {
+/// Writes the line of the entry `make` builds: at info when `enabled` (`--access-log`), else at
+/// debug; either only if `RUST_LOG` lets that level of target `identity_sidecar::access` through.
+/// The entry (its latency reads the clock) is built only when the line is written.
+pub fn record<'a>(enabled: bool, make: impl FnOnce() -> Entry<'a>) {
     let level =
         if enabled && tracing::enabled!(target: "identity_sidecar::access", tracing::Level::INFO) {
             Level::Info
@@ -40,6 +41,7 @@ pub fn record(e: &Entry<'_>, enabled: bool) {
         } else {
             return;
         };
+    let e = &make();
     let Some((writer, format)) = logging::sink() else {
         macro_rules! event {
             ($lvl:expr) => {
