@@ -20,7 +20,8 @@ use crate::core::cache::Lookup;
 use crate::core::entra::EntraClient;
 use crate::core::federated::TokenSource;
 use crate::protocol::{
-    Flavor, FlavorName, HttpError, MAX_FORM_BODY, Params, Shape, TokenRequest, app_service, imds,
+    Flavor, FlavorName, HttpError, MAX_FORM_BODY, Params, Query, Shape, TokenRequest, app_service,
+    imds,
 };
 use crate::telemetry::access_log;
 use crate::telemetry::metrics::Metrics;
@@ -116,12 +117,12 @@ impl Service {
         started: Instant,
     ) -> Response<Body> {
         let (head, body) = req.into_parts();
-        let form = match F::PARAMS {
-            Params::Query if head.method != Method::GET => Err(method_not_allowed_error(F::ALLOW)),
-            Params::Form if head.method != Method::POST => Err(method_not_allowed_error(F::ALLOW)),
-            Params::Query => Ok(None),
-            Params::Form => match F::check_head(&head.headers) {
+        let form = match (F::PARAMS, &head.method) {
+            (Params::Query, m) if m != Method::GET => Err(method_not_allowed_error(F::ALLOW)),
+            (Params::Form, m) if m != Method::POST => Err(method_not_allowed_error(F::ALLOW)),
+            (params, _) => match F::check_head(&head.headers) {
                 Err(e) => Err(e),
+                Ok(()) if params == Params::Query => Ok(None),
                 Ok(()) => read_form(&head.headers, body).await.map(Some),
             },
         };
@@ -129,13 +130,17 @@ impl Service {
             Ok(f) => f,
             Err(e) => return self.refused::<F>(F::NAME, &e, started),
         };
-        let params = match (F::PARAMS, &form) {
-            (Params::Form, Some(f)) => Some(f.as_str()),
-            _ => head.uri.query(),
+        let raw = match &form {
+            Some(f) => Some(f.as_str()),
+            None => head.uri.query(),
         };
-        let parsed = match F::version(params) {
+        let params = match Query::parse(raw) {
+            Ok(q) => q,
+            Err(e) => return self.refused::<F>(F::NAME, &e, started),
+        };
+        let parsed = match F::version(&params) {
             Err(e) => Err((F::NAME, e)),
-            Ok(v) => match F::parse(v, &head.headers, params, &self.policy) {
+            Ok(v) => match F::parse(v, &head.headers, &params, &self.policy) {
                 Err(e) => Err((F::name(v), e)),
                 Ok(treq) => Ok((v, treq)),
             },

@@ -91,10 +91,17 @@ proptest! {
     #[test]
     fn parsers_never_panic_and_only_grant_allowed_identities(query in query_strategy(), headers in headers_strategy()) {
         let cfg = cfg();
-        let _ = Query::parse(Some(&query));
-        for r in [imds::parse(&headers, Some(&query), &cfg.policy)]
+        let q = match Query::parse(Some(&query)) {
+            Ok(q) => q,
+            Err(e) => {
+                prop_assert!(e.status.is_client_error(), "{:?}", e);
+                return Ok(());
+            }
+        };
+        let imds = imds::check_ssrf_guard(&headers).and_then(|()| imds::parse(&q, &cfg.policy));
+        for r in [imds]
             .into_iter()
-            .chain(app_service::version(Some(&query)).ok().map(|v| app_service::parse(v, &headers, Some(&query), &cfg.policy)))
+            .chain(app_service::version(&q).ok().map(|v| app_service::parse(v, &headers, &q, &cfg.policy)))
         {
             match r {
                 Ok(req) => {
@@ -116,7 +123,8 @@ proptest! {
         let cfg = cfg();
         let mut h = HeaderMap::new();
         h.insert("x-identity-header", HeaderValue::from_str(&secret).expect("ascii"));
-        let r = app_service::parse(app_service::Version::V2019, &h, Some("api-version=2019-08-01&resource=r"), &cfg.policy);
+        let q = Query::parse(Some("api-version=2019-08-01&resource=r")).expect("query");
+        let r = app_service::parse(app_service::Version::V2019, &h, &q, &cfg.policy);
         prop_assert_eq!(r.is_ok(), secret == IDENTITY_HEADER);
     }
 }
@@ -347,12 +355,9 @@ fn many_parameter_query() -> String {
 
 #[test]
 fn a_query_of_too_many_parameters_is_refused_in_imds_wording() {
-    let cfg = cfg();
-    let mut h = HeaderMap::new();
-    h.insert("metadata", HeaderValue::from_static("true"));
     let q = many_parameter_query();
     assert!(q.len() > 14_000, "{}", q.len());
-    let e = imds::parse(&h, Some(&q), &cfg.policy).expect_err("refused");
+    let e = Query::parse(Some(&q)).err().expect("refused");
     assert_eq!(e.status, 400);
     assert_eq!(e.error, "invalid_request");
     assert_eq!(

@@ -82,7 +82,7 @@ impl Flavor for AppService {
     const NAME: FlavorName = FlavorName::AppService;
     const ALLOW: &'static str = "GET, POST";
 
-    fn version(query: Option<&str>) -> Result<Version, HttpError> {
+    fn version(query: &Query<'_>) -> Result<Version, HttpError> {
         version(query)
     }
 
@@ -93,7 +93,7 @@ impl Flavor for AppService {
     fn parse<'a>(
         version: Version,
         headers: &HeaderMap,
-        query: Option<&'a str>,
+        query: &Query<'a>,
         policy: &'a Policy,
     ) -> Result<TokenRequest<'a>, HttpError> {
         parse(version, headers, query, policy)
@@ -129,7 +129,7 @@ impl Flavor for CloudShell {
         check_cloud_shell(headers)
     }
 
-    fn version(_form: Option<&str>) -> Result<(), HttpError> {
+    fn version(_form: &Query<'_>) -> Result<(), HttpError> {
         Ok(())
     }
 
@@ -140,7 +140,7 @@ impl Flavor for CloudShell {
     fn parse<'a>(
         _version: (),
         _headers: &HeaderMap,
-        form: Option<&'a str>,
+        form: &Query<'a>,
         policy: &'a Policy,
     ) -> Result<TokenRequest<'a>, HttpError> {
         parse_cloud_shell(form, policy)
@@ -161,8 +161,7 @@ pub fn matches(path: &str) -> bool {
 }
 
 /// Decides the version from `api-version`, before anything else, so errors use its wording.
-pub fn version(query: Option<&str>) -> Result<Version, HttpError> {
-    let q = Query::parse(query)?;
+pub fn version(q: &Query<'_>) -> Result<Version, HttpError> {
     match q.api_version()? {
         "2017-09-01" => Ok(Version::V2017),
         v if v >= "2019-08-01"
@@ -180,7 +179,7 @@ pub fn version(query: Option<&str>) -> Result<Version, HttpError> {
 pub fn parse<'a>(
     version: Version,
     headers: &HeaderMap,
-    query: Option<&'a str>,
+    q: &Query<'a>,
     policy: &'a Policy,
 ) -> Result<TokenRequest<'a>, HttpError> {
     let Some(secret) = &policy.identity_header else {
@@ -202,7 +201,6 @@ pub fn parse<'a>(
         }
         Some(_) => {}
     }
-    let q = Query::parse(query)?;
     let resource = q.resource(policy)?;
     let selectors = match version {
         Version::V2019 => SELECTORS_2019,
@@ -310,10 +308,9 @@ pub fn check_cloud_shell(headers: &HeaderMap) -> Result<(), HttpError> {
 /// while reading it): `resource` and one identity selector, under the same allow-lists as the GET
 /// forms.
 pub fn parse_cloud_shell<'a>(
-    form: Option<&'a str>,
+    q: &Query<'a>,
     policy: &'a Policy,
 ) -> Result<TokenRequest<'a>, HttpError> {
-    let q = Query::parse(form)?;
     let resource = q.resource(policy)?;
     let client_id = q.identity(SELECTORS_FORM, policy)?;
     Ok(TokenRequest {
@@ -347,15 +344,19 @@ pub fn render_error(e: &HttpError) -> Vec<u8> {
 mod tests {
     use super::*;
 
+    fn version(query: &str) -> Result<Version, HttpError> {
+        super::version(&Query::parse(Some(query))?)
+    }
+
     #[test]
     fn versions() {
         assert_eq!(
-            version(Some("api-version=2019-08-01&resource=x")),
+            version("api-version=2019-08-01&resource=x"),
             Ok(Version::V2019)
         );
-        assert_eq!(version(Some("api-version=2017-09-01")), Ok(Version::V2017));
-        assert!(version(Some("api-version=2018-02-01")).is_err());
-        assert!(version(Some("resource=x")).is_err());
+        assert_eq!(version("api-version=2017-09-01"), Ok(Version::V2017));
+        assert!(version("api-version=2018-02-01").is_err());
+        assert!(version("resource=x").is_err());
     }
 
     #[test]

@@ -49,8 +49,13 @@ impl Flavor for Imds {
     type Version = ();
     const NAME: FlavorName = FlavorName::Imds;
 
-    /// Checked in [`parse`], after the `Metadata` header, as real IMDS does.
-    fn version(_query: Option<&str>) -> Result<(), HttpError> {
+    /// The `Metadata` header comes first, as on real IMDS.
+    fn check_head(headers: &HeaderMap) -> Result<(), HttpError> {
+        check_ssrf_guard(headers)
+    }
+
+    /// Checked in [`parse`], as real IMDS does.
+    fn version(_query: &Query<'_>) -> Result<(), HttpError> {
         Ok(())
     }
 
@@ -60,11 +65,11 @@ impl Flavor for Imds {
 
     fn parse<'a>(
         _version: (),
-        headers: &HeaderMap,
-        query: Option<&'a str>,
+        _headers: &HeaderMap,
+        query: &Query<'a>,
         policy: &'a Policy,
     ) -> Result<TokenRequest<'a>, HttpError> {
-        parse(headers, query, policy)
+        parse(query, policy)
     }
 
     fn shape(_version: (), _headers: &HeaderMap, _policy: &Policy) -> Shape {
@@ -76,13 +81,8 @@ impl Flavor for Imds {
     }
 }
 
-pub fn parse<'a>(
-    headers: &HeaderMap,
-    query: Option<&'a str>,
-    policy: &'a Policy,
-) -> Result<TokenRequest<'a>, HttpError> {
-    check_ssrf_guard(headers)?;
-    let q = Query::parse(query)?;
+/// The request's parameters, after [`check_ssrf_guard`] passed.
+pub fn parse<'a>(q: &Query<'a>, policy: &'a Policy) -> Result<TokenRequest<'a>, HttpError> {
     let version = q.api_version()?;
     if !version_at_least(version, "2018-02-01") {
         return Err(HttpError::bad_request(format!(

@@ -25,12 +25,13 @@ use crate::core::TokenError;
 use crate::core::cache::CachedToken;
 use crate::core::entra::EntraError;
 
-/// A managed-identity protocol as the server's one token handler sees it: decide the version
-/// (before anything else, so errors use its wording), parse and check the request against the
-/// [`Policy`], render the token or the error in the shape its clients parse.
+/// A managed-identity protocol as the server's one token handler sees it: check the request head,
+/// decide the version (before the rest, so errors use its wording), parse and check the request
+/// against the [`Policy`], name the shape of the answer, render errors in the shape its clients
+/// parse.
 ///
-/// The parameters (`params` below) are the query string of a `GET`, or for a [`Params::Form`]
-/// flavor the body of a `POST`, read by the handler after [`Flavor::check_head`] passes.
+/// The handler splits the parameters once ([`Query`]): the query string of a `GET`, or for a
+/// [`Params::Form`] flavor the body of a `POST`, read after [`Flavor::check_head`] passes.
 pub trait Flavor {
     /// What the request says about its protocol version (`()` where there is only one).
     type Version: Copy;
@@ -40,17 +41,18 @@ pub trait Flavor {
     const PARAMS: Params = Params::Query;
     /// The methods its path takes, for the `Allow` header of a 405.
     const ALLOW: &'static str = "GET";
-    /// Checks on the request head before a form body is read (only [`Params::Form`] flavors).
+    /// Checks on the request head, before its parameters are looked at (and before a form body
+    /// is read).
     fn check_head(_headers: &HeaderMap) -> Result<(), HttpError> {
         Ok(())
     }
-    fn version(params: Option<&str>) -> Result<Self::Version, HttpError>;
+    fn version(params: &Query<'_>) -> Result<Self::Version, HttpError>;
     /// The flavor's name in the access log once its version is known.
     fn name(version: Self::Version) -> FlavorName;
     fn parse<'a>(
         version: Self::Version,
         headers: &HeaderMap,
-        params: Option<&'a str>,
+        params: &Query<'a>,
         policy: &'a Policy,
     ) -> Result<TokenRequest<'a>, HttpError>;
     /// The shape of its answer for this request: everything besides the token, the request and
@@ -463,7 +465,11 @@ impl JsonObject {
 /// `//metadata/...`) and one trailing slash is ignored (the JS SDK sends `.../token/`;
 /// docs/protocols.md#imds-path).
 pub fn normalize_path(path: &str) -> Cow<'_, str> {
-    let needs_work = path.contains("//") || (path.len() > 1 && path.ends_with('/'));
+    let doubled = path
+        .as_bytes()
+        .windows(2)
+        .any(|w| w[0] == b'/' && w[1] == b'/');
+    let needs_work = doubled || (path.len() > 1 && path.ends_with('/'));
     if !needs_work {
         return Cow::Borrowed(path);
     }
