@@ -15,8 +15,7 @@ use hyper::body::Incoming;
 
 use crate::config::{Policy, ServeConfig};
 use crate::core::TokenService;
-use crate::core::cache::CachedToken;
-use crate::core::cache::Lookup;
+use crate::core::cache::{CachedToken, Lookup};
 use crate::core::entra::EntraClient;
 use crate::core::federated::TokenSource;
 use crate::protocol::{

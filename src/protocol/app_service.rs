@@ -22,7 +22,7 @@ use std::borrow::Cow;
 use http::{HeaderMap, HeaderName, StatusCode};
 use serde::Serialize;
 
-use super::user_agent::{ExpiresOnFormat, ExpiresOnMode};
+use super::user_agent::ExpiresOnFormat;
 use super::{Flavor, FlavorName, HttpError, JsonObject, Params, Query, Shape, TokenRequest};
 use crate::config::Policy;
 use crate::core::cache::CachedToken;
@@ -99,14 +99,17 @@ impl Flavor for AppService {
         parse(version, headers, query, policy)
     }
 
+    /// 2019-08-01 clients all read `expires_on` as epoch seconds; for 2017-09-01
+    /// `--msi-2017-expires-on` decides, `auto` by the User-Agent
+    /// (docs/protocols.md#app-service-2017-09-01-expires_on-by-client).
     fn shape(version: Version, headers: &HeaderMap, policy: &Policy) -> Shape {
         match version {
             Version::V2019 => Shape::AppService2019,
-            Version::V2017 => Shape::AppService2017(expires_on_format(
-                version,
-                headers,
-                policy.msi_2017_expires_on,
-            )),
+            Version::V2017 => Shape::AppService2017(
+                policy
+                    .msi_2017_expires_on
+                    .format(headers.get(http::header::USER_AGENT).map(|v| v.as_bytes())),
+            ),
         }
     }
 
@@ -219,20 +222,6 @@ fn unauthorized(description: String) -> HttpError {
         error: Cow::Borrowed("unauthorized_client"),
         description,
         retry_after: None,
-    }
-}
-
-/// The `expires_on` format of an answer to a request with these headers: 2019-08-01 clients all
-/// read epoch seconds; for 2017-09-01 the mode decides, `auto` by the User-Agent
-/// (docs/protocols.md#app-service-2017-09-01-expires_on-by-client).
-pub fn expires_on_format(
-    version: Version,
-    headers: &HeaderMap,
-    mode: ExpiresOnMode,
-) -> ExpiresOnFormat {
-    match version {
-        Version::V2019 => ExpiresOnFormat::Epoch,
-        Version::V2017 => mode.format(headers.get(http::header::USER_AGENT).map(|v| v.as_bytes())),
     }
 }
 
