@@ -44,22 +44,7 @@ async fn imds_answers_with_the_real_imds_field_set_all_strings() {
     let (status, b) = body(r).await;
     assert_eq!(status, 200);
     let obj = b.as_object().expect("object");
-    let mut keys: Vec<&str> = obj.keys().map(String::as_str).collect();
-    keys.sort_unstable();
-    assert_eq!(
-        keys,
-        [
-            "access_token",
-            "client_id",
-            "expires_in",
-            "expires_on",
-            "ext_expires_in",
-            "not_before",
-            "refresh_token",
-            "resource",
-            "token_type"
-        ]
-    );
+    assert_eq!(sorted_keys(&b), IMDS_ANSWER_KEYS);
     assert!(
         obj.values().all(serde_json::Value::is_string),
         "every value is a string: {b}"

@@ -197,23 +197,7 @@ async fn cloud_shell_form_answers_with_the_imds_body_on_both_paths() {
         let (status, b) = cloud_shell(&sc, path, &form).await;
         assert_eq!(status, 200, "{path}: {b}");
         let obj = b.as_object().expect("object");
-        let mut keys: Vec<&str> = obj.keys().map(String::as_str).collect();
-        keys.sort_unstable();
-        assert_eq!(
-            keys,
-            [
-                "access_token",
-                "client_id",
-                "expires_in",
-                "expires_on",
-                "ext_expires_in",
-                "not_before",
-                "refresh_token",
-                "resource",
-                "token_type"
-            ],
-            "{path}"
-        );
+        assert_eq!(sorted_keys(&b), IMDS_ANSWER_KEYS, "{path}");
         assert!(obj.values().all(serde_json::Value::is_string), "{b}");
         assert_eq!(b["access_token"], "fake-access-token-1");
         assert_eq!(

@@ -24,6 +24,31 @@ pub const OTHER_CLIENT_ID: &str = "22222222-2222-2222-2222-222222222222";
 pub const TENANT_ID: &str = "44444444-4444-4444-4444-444444444444";
 pub const IDENTITY_HEADER: &str = "s3cr3t-header-value";
 
+/// The fields of IMDS's token answer (also the Cloud Shell form's), sorted.
+pub const IMDS_ANSWER_KEYS: [&str; 9] = [
+    "access_token",
+    "client_id",
+    "expires_in",
+    "expires_on",
+    "ext_expires_in",
+    "not_before",
+    "refresh_token",
+    "resource",
+    "token_type",
+];
+
+/// The keys of a JSON object, sorted.
+pub fn sorted_keys(v: &serde_json::Value) -> Vec<&str> {
+    let mut keys: Vec<&str> = v
+        .as_object()
+        .expect("a JSON object")
+        .keys()
+        .map(String::as_str)
+        .collect();
+    keys.sort_unstable();
+    keys
+}
+
 pub fn now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
