@@ -2,6 +2,7 @@
 //! token, so software that only knows managed identity works unmodified in a Kubernetes pod.
 //!
 //! Read it top down:
+//! - [`build_info`]: version, commit and build date (`--version`, start-up log, metrics);
 //! - [`cmd`]: one file per subcommand (`serve`, `dev`, `doctor`, `token`, `probe`,
 //!   `init-network`, `mock-aad`), each with its own flags;
 //! - [`config`]: the validated settings `serve` runs on; [`cloud`]: the Azure clouds by name;
@@ -14,6 +15,7 @@
 //! - [`netfilter`]: the NAT rules that send 169.254.169.254 to the sidecar (init container);
 //! - `mock_aad`: a stand-in Entra ID for local development and tests, never on the request path
 //!   of `serve`; only in builds with the `mock` feature (the default; not the image's build).
+pub mod build_info;
 pub mod cloud;
 pub mod cmd;
 pub mod config;

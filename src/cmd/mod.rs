@@ -19,7 +19,7 @@ use clap::{Parser, Subcommand};
 #[derive(Parser, Debug)]
 #[command(
     name = "identity-sidecar",
-    version,
+    version = crate::build_info::version_line(),
     about = "Azure managed-identity endpoints (IMDS, App Service) from a workload-identity federated token"
 )]
 pub struct Cli {

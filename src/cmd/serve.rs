@@ -443,6 +443,9 @@ fn log_startup(cfg: &ServeConfig, addrs: &[std::net::SocketAddr]) {
         .or(addrs.first())
         .map_or_else(String::new, |a| format!("http://{a}"));
     tracing::info!(
+        version = crate::build_info::VERSION,
+        commit = crate::build_info::COMMIT,
+        built = crate::build_info::BUILD_DATE,
         listen = %listen.join(","),
         client_id = %cfg.client_id,
         tenant_id = %cfg.tenant_id,

@@ -33,7 +33,7 @@ pub const EXIT_CONFIG: u8 = 2;
 #[derive(Parser, Debug)]
 #[command(
     name = "identity-sidecar-webhook",
-    version,
+    version = crate::build_info::version_line(),
     about = "Mutating admission webhook that injects identity-sidecar into labelled pods"
 )]
 pub struct Cli {
@@ -339,6 +339,9 @@ fn serve(args: ServeArgs) -> ExitCode {
             }
         };
         tracing::info!(
+            version = crate::build_info::VERSION,
+            commit = crate::build_info::COMMIT,
+            built = crate::build_info::BUILD_DATE,
             listen = %listen,
             addr = %running.local_addr(),
             kubernetes = %server,
