@@ -10,7 +10,10 @@
 #     network namespace: /healthz, /readyz and a token through IMDS from a fake Entra ID;
 #  4. the init image's entrypoint (init-network) runs from its rootfs in the same namespace, and
 #     a request to 169.254.169.254 then reaches the sidecar from (1);
-#  5. the webhook image holds its own binary only and runs it as uid 1501.
+#  5. the webhook image holds its own binary only and runs it as uid 1501;
+#  6. every image carries its binary's SBOM at /usr/share/doc/<binary>/sbom.cdx.json and the OCI
+#     labels (source, revision, version, licenses, created) from the build arguments, and the
+#     binaries' --version names the same commit and date.
 # Prints the image sizes. Cleans up (containers, images, namespace, processes) on any exit.
 set -eu
 repo=$(cd "$(dirname "$0")/../.." && pwd)
@@ -45,6 +48,14 @@ trap 'exit 130' INT TERM
 mkdir -p "$work"
 rm -f "$work/sidecar.log" "$work/entra.jsonl"
 
+# What is built: the build arguments a release passes (docs/releasing.md), from git.
+commit=$(git -C "$repo" rev-parse HEAD)
+git -C "$repo" diff --quiet HEAD -- || commit="$commit-dirty"
+epoch=$(git -C "$repo" log -1 --format=%ct)
+created=$(date -u -d "@$epoch" +%Y-%m-%dT%H:%M:%SZ)
+version=$(sed -n 's/^version = "\(.*\)"/\1/p' "$repo/Cargo.toml" | head -n1)
+source_url=https://github.com/identity-sidecar/identity-sidecar
+
 say "building the static binary (scripts/build-static)"
 "$repo/scripts/build-static" "$work/builder/out"
 # FROM scratch has no libc: the binary must be static.
@@ -78,6 +89,8 @@ build() { # build TARGET TAG
     buildah build --isolation chroot --pull=never --quiet \
         --build-context "builder=$work/builder" \
         --build-arg "INIT_BASE=$base_img" \
+        --build-arg "VCS_REF=$commit" --build-arg "SOURCE_DATE_EPOCH=$epoch" \
+        --build-arg "CREATED=$created" --build-arg "VERSION=$version" \
         -f "$repo/Dockerfile" --target "$1" -t "$2" "$repo" >/dev/null
 }
 say "buildah build --target runtime"
@@ -197,6 +210,30 @@ case $out in
     *) fail "webhook --version said: $out" ;;
 esac
 say "webhook image size: $(size "$webhook_img")"
+
+# --- what a review reads from each image: OCI labels, the SBOM, --version -------------------
+label() { buildah inspect --type image --format "{{index .OCIv1.Config.Labels \"org.opencontainers.image.$2\"}}" "$1"; }
+for image in "$img" "$init_img" "$webhook_img"; do
+    for kv in "source=$source_url" "revision=$commit" "version=$version" \
+        "licenses=MIT OR Apache-2.0" "created=$created"; do
+        got=$(label "$image" "${kv%%=*}")
+        [ "$got" = "${kv#*=}" ] || fail "$image: label org.opencontainers.image.${kv%%=*} is '$got', want '${kv#*=}'"
+    done
+done
+say "OCI labels on all three images: revision $commit, version $version, created $created"
+cmp "$root/usr/share/doc/identity-sidecar/sbom.cdx.json" "$work/builder/out/identity-sidecar.cdx.json" \
+    || fail "runtime image: SBOM missing or not the build's"
+cmp "$init_root/usr/share/doc/identity-sidecar/sbom.cdx.json" "$work/builder/out/identity-sidecar.cdx.json" \
+    || fail "init image: SBOM missing or not the build's"
+cmp "$wroot/usr/share/doc/identity-sidecar-webhook/sbom.cdx.json" \
+    "$work/builder/out/identity-sidecar-webhook.cdx.json" || fail "webhook image: SBOM missing or not the build's"
+say "SBOMs in the images at /usr/share/doc/<binary>/sbom.cdx.json"
+want_version="$version (commit $commit, built $created)"
+v=$(env -i "$(command -v chroot)" --userspec="$user" "$root" /usr/local/bin/identity-sidecar --version)
+[ "$v" = "identity-sidecar $want_version" ] || fail "runtime image --version: '$v', want 'identity-sidecar $want_version'"
+[ "$out" = "identity-sidecar-webhook $want_version" ] \
+    || fail "webhook image --version: '$out', want 'identity-sidecar-webhook $want_version'"
+say "--version: $v"
 
 say "runtime image size: $runtime_size"
 say "init image size: $init_size (on the stand-in base: host iptables)"
