@@ -3,7 +3,8 @@ mod support;
 
 use std::time::Duration;
 
-use support::fake_entra::{FakeEntra, Reply, entra_error};
+use support::fake_entra::{FakeEntra, Reply};
+use support::sidecar_on_fake_entra::SidecarOnFakeEntra;
 use support::*;
 
 fn doctor_env<'a>(entra: &'a str, token_file: &'a str) -> Vec<(&'a str, &'a str)> {
@@ -42,15 +43,7 @@ async fn doctor_passes_a_working_setup_and_explains_each_failure() {
         "{out}"
     );
 
-    entra.push(Reply::Status {
-        status: 400,
-        body: entra_error(
-            "invalid_request",
-            70021,
-            "No matching federated identity record found for presented assertion.",
-        ),
-        retry_after: None,
-    });
+    entra.push(Reply::no_matching_federated_credential());
     let (code, out) = doctor(doctor_env(&authority, &file)).await;
     assert_eq!(code, Some(1), "{out}");
     for needle in [
@@ -73,11 +66,7 @@ async fn doctor_passes_a_working_setup_and_explains_each_failure() {
         ),
         (400, "invalid_request", 90002, "does not know tenant"),
     ] {
-        entra.push(Reply::Status {
-            status,
-            body: entra_error(error, code_n, "x"),
-            retry_after: None,
-        });
+        entra.push(Reply::entra_error(status, error, code_n, "x"));
         let (code, out) = doctor(doctor_env(&authority, &file)).await;
         assert_eq!(code, Some(1), "{out}");
         assert!(
@@ -125,9 +114,8 @@ async fn doctor_passes_a_working_setup_and_explains_each_failure() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn token_fetches_prints_and_decodes() {
-    let entra = FakeEntra::start().await;
-    let (_dir, path) = token_dir("system:serviceaccount:default:app");
-    let sc = Sidecar::start(args(&entra.authority(), &path)).await;
+    let started = SidecarOnFakeEntra::start().await;
+    let sc = &started.sc;
     let base = format!("http://{}", sc.addr);
     let endpoint = format!("{base}/msi/token");
     let run = |args: Vec<String>, envs: Vec<(String, String)>| {

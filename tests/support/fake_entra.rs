@@ -30,6 +30,28 @@ pub enum Reply {
     Hang,
 }
 
+impl Reply {
+    /// An Entra error answer: `status` with an [`entra_error`] body, no Retry-After.
+    pub fn entra_error(status: u16, error: &str, code: u32, text: &str) -> Reply {
+        Reply::Status {
+            status,
+            body: entra_error(error, code, text),
+            retry_after: None,
+        }
+    }
+
+    /// AADSTS70021 (400): no federated credential of the app matches the assertion's issuer and
+    /// subject, the usual mistake in a new set-up.
+    pub fn no_matching_federated_credential() -> Reply {
+        Reply::entra_error(
+            400,
+            "invalid_request",
+            70021,
+            "No matching federated identity record found for presented assertion.",
+        )
+    }
+}
+
 /// One recorded token request.
 #[derive(Clone, Debug)]
 pub struct Recorded {

@@ -5,7 +5,9 @@
 pub mod connect_proxy;
 pub mod fake_entra;
 pub mod mock_sdk;
+pub mod request;
 pub mod sdk;
+pub mod sidecar_on_fake_entra;
 pub mod system;
 pub mod token_proxy;
 
