@@ -8,6 +8,7 @@ pub mod mock_sdk;
 pub mod request;
 pub mod sdk;
 pub mod sidecar_on_fake_entra;
+pub mod sidecar_process;
 pub mod system;
 pub mod token_proxy;
 
