@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt as _, Full};
+use http_body_util::Full;
 use hyper::service::service_fn;
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
@@ -177,12 +177,7 @@ async fn handle(
         });
         return Ok(Response::new(Full::new(Bytes::from(doc.to_string()))));
     }
-    let body = req
-        .into_body()
-        .collect()
-        .await
-        .map(|b| b.to_bytes())
-        .unwrap_or_default();
+    let body = super::fake_http::read_body(req).await;
     let form: Vec<(String, String)> = form_urlencoded::parse(&body).into_owned().collect();
     let mut reply = {
         let mut s = st.lock().expect("lock");
