@@ -4,6 +4,9 @@
 
 pub mod connect_proxy;
 pub mod fake_entra;
+pub mod fake_http;
+#[cfg(feature = "mock")]
+pub mod mock_entra;
 pub mod mock_sdk;
 pub mod request;
 pub mod sdk;
@@ -19,6 +22,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use base64::Engine as _;
 use identity_sidecar::cmd::flags;
 use identity_sidecar::cmd::serve::{self, ServeArgs};
+use identity_sidecar::config::ServeConfig;
 use identity_sidecar::core::secret::Secret;
 use identity_sidecar::server::Running;
 
@@ -122,7 +126,12 @@ pub struct Sidecar {
 impl Sidecar {
     pub async fn start(args: ServeArgs) -> Sidecar {
         let cfg = args.validate().expect("valid test configuration");
-        let running = serve::start(&cfg).await.expect("sidecar starts");
+        Sidecar::start_config(&cfg).await
+    }
+
+    /// With a configuration the test finished by hand (settings no flag reaches).
+    pub async fn start_config(cfg: &ServeConfig) -> Sidecar {
+        let running = serve::start(cfg).await.expect("sidecar starts");
         let addr = running.local_addrs()[0];
         Sidecar {
             running: Some(running),

@@ -20,6 +20,14 @@ pub async fn json_answer(r: reqwest::Response) -> (u16, serde_json::Value) {
     )
 }
 
+/// Asserts `r`'s status, showing the body when it is another; returns the body.
+pub async fn assert_status(r: reqwest::Response, want: u16) -> String {
+    let status = r.status().as_u16();
+    let body = r.text().await.unwrap_or_default();
+    assert_eq!(status, want, "{body}");
+    body
+}
+
 impl Sidecar {
     /// `GET path` without any header of its own.
     pub async fn get(&self, path: &str) -> reqwest::Response {
