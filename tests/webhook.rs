@@ -21,7 +21,7 @@ mod system;
 mod webhook_proc;
 
 use fake_kube::FakeKube;
-use webhook_proc::{Webhook, apply, patch_of, review};
+use webhook_proc::{Webhook, apply, corpus_pod, patch_of, review};
 
 const REPO: &str = env!("CARGO_MANIFEST_DIR");
 const NS: &str = "shop";
@@ -109,13 +109,7 @@ fn corpus() -> Vec<(String, Value)> {
 /// A pod near the API's size limit: 20 containers with 400 variables each, plus a 512 KiB
 /// annotation (about 1.5 MB of JSON).
 fn large_pod() -> Value {
-    let base: Value = serde_json::from_str(
-        &std::fs::read_to_string(format!(
-            "{REPO}/tests/webhook/corpus/deployment-generate-name.json"
-        ))
-        .expect("read"),
-    )
-    .expect("json");
+    let base = corpus_pod("deployment-generate-name");
     let mut pod = base.clone();
     let template = base["spec"]["containers"][0].clone();
     let mut containers = Vec::new();
@@ -522,13 +516,7 @@ async fn identity_comes_from_the_service_account_and_the_pod_annotation_override
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refusals_say_what_to_change() {
     let (_kube, wh) = setup(&[]).await;
-    let base: Value = serde_json::from_str(
-        &std::fs::read_to_string(format!(
-            "{REPO}/tests/webhook/corpus/deployment-generate-name.json"
-        ))
-        .expect("read"),
-    )
-    .expect("json");
+    let base = corpus_pod("deployment-generate-name");
     let refused = |resp: &Value| -> String {
         assert_eq!(resp["allowed"], false, "not refused: {resp}");
         assert!(resp.get("patch").is_none());
@@ -604,13 +592,7 @@ async fn refusals_say_what_to_change() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pods_without_the_label_and_other_requests_are_allowed_unchanged() {
     let (_kube, wh) = setup(&[]).await;
-    let mut pod: Value = serde_json::from_str(
-        &std::fs::read_to_string(format!(
-            "{REPO}/tests/webhook/corpus/deployment-generate-name.json"
-        ))
-        .expect("read"),
-    )
-    .expect("json");
+    let mut pod = corpus_pod("deployment-generate-name");
     for op in ["UPDATE", "DELETE", "CONNECT"] {
         let r = wh
             .post(
@@ -708,21 +690,11 @@ async fn bad_input_gets_a_clear_error_and_never_kills_the_webhook() {
     }
     // Review-shaped but odd: a pod CREATE whose object is not a pod, a pod with wrong types.
     let mut weird = review(&json!("a string"), NS, "CREATE");
-    let v: Value = wh
-        .post(serde_json::to_vec(&weird).expect("j"), "application/json")
-        .await
-        .json()
-        .await
-        .expect("j");
+    let v = wh.post_json(&weird).await;
     assert_eq!(v["response"]["allowed"], true, "not opted in: allowed");
     weird["request"]["object"] = json!({"metadata": {"labels": {"identity-sidecar.io/inject": "true"}},
         "spec": {"containers": "nope", "initContainers": 7, "volumes": {"a": 1}}});
-    let v: Value = wh
-        .post(serde_json::to_vec(&weird).expect("j"), "application/json")
-        .await
-        .json()
-        .await
-        .expect("j");
+    let v = wh.post_json(&weird).await;
     assert!(v["response"]["allowed"].is_boolean(), "{v}");
     let r = wh.http.get(wh.url("/mutate")).send().await.expect("get");
     assert_eq!(r.status().as_u16(), 405);
@@ -758,23 +730,9 @@ async fn health_readiness_and_metrics_share_the_listener() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(ok, "never ready: {}", wh.logs());
-    let pod: Value = serde_json::from_str(
-        &std::fs::read_to_string(format!(
-            "{REPO}/tests/webhook/corpus/deployment-generate-name.json"
-        ))
-        .expect("read"),
-    )
-    .expect("json");
+    let pod = corpus_pod("deployment-generate-name");
     wh.mutate(&pod, NS).await;
-    let m = wh
-        .http
-        .get(wh.url("/metrics"))
-        .send()
-        .await
-        .expect("m")
-        .text()
-        .await
-        .expect("t");
+    let m = wh.metrics().await;
     assert!(
         m.contains("identity_sidecar_webhook_admissions_total{outcome=\"patched\"} 1"),
         "{m}"
@@ -804,13 +762,7 @@ async fn health_readiness_and_metrics_share_the_listener() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_pod_gets_its_own_identity_header() {
     let (_kube, wh) = setup(&[]).await;
-    let pod: Value = serde_json::from_str(
-        &std::fs::read_to_string(format!(
-            "{REPO}/tests/webhook/corpus/deployment-generate-name.json"
-        ))
-        .expect("read"),
-    )
-    .expect("json");
+    let pod = corpus_pod("deployment-generate-name");
     let header = |m: &Value| {
         env_value(&containers(m, "containers")[0], "IDENTITY_HEADER").expect("h")["value"].clone()
     };
@@ -832,13 +784,7 @@ async fn each_pod_gets_its_own_identity_header() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fields_unknown_to_any_schema_survive() {
     let (_kube, wh) = setup(&[]).await;
-    let mut pod: Value = serde_json::from_str(
-        &std::fs::read_to_string(format!(
-            "{REPO}/tests/webhook/corpus/istio-native-sidecar.json"
-        ))
-        .expect("read"),
-    )
-    .expect("json");
+    let mut pod = corpus_pod("istio-native-sidecar");
     pod["spec"]["futurePodField"] = json!({"x": [1, 2, {"y": null}]});
     pod["spec"]["initContainers"][1]["futureContainerField"] = json!("keep me");
     pod["spec"]["containers"][0]["env"] =
@@ -1019,13 +965,7 @@ fn token_only_in_sidecar(pod: &Value, order: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn coexists_with_the_azure_workload_identity_webhook_in_either_order() {
     let (_kube, wh) = setup(&[]).await;
-    let mut pod: Value = serde_json::from_str(
-        &std::fs::read_to_string(format!(
-            "{REPO}/tests/webhook/corpus/existing-init-containers.json"
-        ))
-        .expect("read"),
-    )
-    .expect("json");
+    let mut pod = corpus_pod("existing-init-containers");
     pod["metadata"]["labels"]["azure.workload.identity/use"] = json!("true");
 
     // azwi first (its configuration sorts first by name), then us.
@@ -1067,13 +1007,7 @@ async fn coexists_with_the_azure_workload_identity_webhook_in_either_order() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn containers_added_by_a_later_webhook_get_the_environment_on_reinvocation() {
     let (_kube, wh) = setup(&[]).await;
-    let pod: Value = serde_json::from_str(
-        &std::fs::read_to_string(format!(
-            "{REPO}/tests/webhook/corpus/deployment-generate-name.json"
-        ))
-        .expect("read"),
-    )
-    .expect("json");
+    let pod = corpus_pod("deployment-generate-name");
     let (p, calls) = api_server(
         &pod,
         &[Hook::Ours(&wh), Hook::Local(late_container_webhook)],
@@ -1098,13 +1032,7 @@ async fn containers_added_by_a_later_webhook_get_the_environment_on_reinvocation
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn certificate_rotation_under_continuous_requests_fails_no_request() {
     let (_kube, wh) = setup(&[]).await;
-    let pod: Value = serde_json::from_str(
-        &std::fs::read_to_string(format!(
-            "{REPO}/tests/webhook/corpus/deployment-generate-name.json"
-        ))
-        .expect("read"),
-    )
-    .expect("json");
+    let pod = corpus_pod("deployment-generate-name");
     let body = serde_json::to_vec(&review(&pod, NS, "CREATE")).expect("json");
     // New CAs for the rotations; the clients trust the old and the new ones, as the API server
     // does while cert-manager's caBundle injection catches up.
