@@ -17,16 +17,7 @@ fn doctor_env<'a>(entra: &'a str, token_file: &'a str) -> Vec<(&'a str, &'a str)
 }
 
 async fn doctor(envs: Vec<(&str, &str)>) -> (Option<i32>, String) {
-    let envs: Vec<(String, String)> = envs
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
-    tokio::task::spawn_blocking(move || {
-        let e: Vec<(&str, &str)> = envs.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-        Process::spawn(&["doctor"], &e).wait(Duration::from_secs(30))
-    })
-    .await
-    .expect("join")
+    Process::run_to_end(&["doctor"], &envs, Duration::from_secs(30)).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -112,74 +103,48 @@ async fn doctor_passes_a_working_setup_and_explains_each_failure() {
     );
 }
 
+/// `identity-sidecar token ARGS` with only `envs` of the Azure variables.
+async fn token(args: &[&str], envs: &[(&str, &str)]) -> (Option<i32>, String) {
+    let args = [&["token"], args].concat();
+    Process::run_to_end(&args, envs, Duration::from_secs(20)).await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn token_fetches_prints_and_decodes() {
     let started = SidecarOnFakeEntra::start().await;
-    let sc = &started.sc;
-    let base = format!("http://{}", sc.addr);
+    let base = format!("http://{}", started.sc.addr);
     let endpoint = format!("{base}/msi/token");
-    let run = |args: Vec<String>, envs: Vec<(String, String)>| {
-        tokio::task::spawn_blocking(move || {
-            let a: Vec<&str> = args.iter().map(String::as_str).collect();
-            let e: Vec<(&str, &str)> = envs.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-            Process::spawn(&a, &e).wait(Duration::from_secs(20))
-        })
-    };
-    let s = |v: &str| v.to_string();
-    let (code, out) = run(
-        vec![s("token"), s("--raw")],
-        vec![(s("AZURE_POD_IDENTITY_AUTHORITY_HOST"), base.clone())],
-    )
-    .await
-    .expect("join");
+    let (code, out) = token(&["--raw"], &[("AZURE_POD_IDENTITY_AUTHORITY_HOST", &base)]).await;
     assert_eq!((code, out.trim()), (Some(0), "fake-access-token-1"));
-    let (code, out) = run(
-        vec![s("token"), s("--resource"), s("https://vault.azure.net")],
-        vec![
-            (s("IDENTITY_ENDPOINT"), endpoint.clone()),
-            (s("IDENTITY_HEADER"), s(IDENTITY_HEADER)),
+    let (code, out) = token(
+        &["--resource", "https://vault.azure.net"],
+        &[
+            ("IDENTITY_ENDPOINT", &endpoint),
+            ("IDENTITY_HEADER", IDENTITY_HEADER),
         ],
     )
-    .await
-    .expect("join");
+    .await;
     assert_eq!(code, Some(0), "{out}");
     let v: serde_json::Value = serde_json::from_str(&out).expect("json");
     assert_eq!(v["resource"], "https://vault.azure.net");
-    let (code, out) = run(
-        vec![s("token"), s("--flavor"), s("app-service")],
-        vec![
-            (s("IDENTITY_ENDPOINT"), endpoint.clone()),
-            (s("IDENTITY_HEADER"), s("wrong")),
+    let (code, out) = token(
+        &["--flavor", "app-service"],
+        &[
+            ("IDENTITY_ENDPOINT", &endpoint),
+            ("IDENTITY_HEADER", "wrong"),
         ],
     )
-    .await
-    .expect("join");
+    .await;
     assert_eq!(code, Some(1));
     assert!(
         out.contains("401") && out.contains("does not match"),
         "{out}"
     );
-    let (code, out) = run(
-        vec![
-            s("token"),
-            s("--endpoint"),
-            base.clone(),
-            s("--client-id"),
-            s(OTHER_CLIENT_ID),
-        ],
-        vec![],
-    )
-    .await
-    .expect("join");
+    let (code, out) = token(&["--endpoint", &base, "--client-id", OTHER_CLIENT_ID], &[]).await;
     assert_eq!(code, Some(1));
     assert!(out.contains("Identity not found"), "{out}");
     // --decode on a non-JWT access token explains itself.
-    let (code, out) = run(
-        vec![s("token"), s("--endpoint"), base, s("--decode")],
-        vec![],
-    )
-    .await
-    .expect("join");
+    let (code, out) = token(&["--endpoint", &base, "--decode"], &[]).await;
     assert_eq!(code, Some(1));
     assert!(out.contains("not a readable JWT"), "{out}");
 }
