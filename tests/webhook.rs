@@ -13,6 +13,8 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
+#[path = "support/checkers.rs"]
+mod checkers;
 #[path = "support/fake_kube.rs"]
 mod fake_kube;
 #[path = "support/system.rs"]
@@ -20,6 +22,7 @@ mod system;
 #[path = "support/webhook_proc.rs"]
 mod webhook_proc;
 
+use checkers::{assert_checks_pass, webhook_tools};
 use fake_kube::FakeKube;
 use webhook_proc::{Webhook, apply, corpus_pod, patch_of, review};
 
@@ -378,22 +381,6 @@ fn azwi(pod: &Value) -> bool {
     pod["metadata"]["labels"]["azure.workload.identity/use"] == "true"
 }
 
-/// Where the webhook tools are (scripts/install-webhook-tools), or None after a loud SKIP.
-fn webhook_tools() -> Option<PathBuf> {
-    let venv = std::env::var_os("IDENTITY_SIDECAR_WEBHOOK_TOOLS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(REPO).join(".cache/webhook/venv"));
-    if venv.join("bin/kubernetes-validate").exists() {
-        return Some(venv);
-    }
-    system::skip(&format!(
-        "jsonpatch and kubernetes-validate are not installed in {}: run \
-             scripts/install-webhook-tools",
-        venv.display()
-    ));
-    None
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn corpus_follows_the_pod_rules_validates_and_a_second_call_changes_nothing() {
     let (_kube, wh) = setup(&[]).await;
@@ -433,23 +420,13 @@ async fn corpus_follows_the_pod_rules_validates_and_a_second_call_changes_nothin
 
     // The second opinion: Python jsonpatch and kubernetes-validate --strict (1.29 and newest).
     let Some(venv) = webhook_tools() else { return };
-    let out = Command::new(venv.join("bin/python"))
-        .arg(format!("{REPO}/tests/webhook/validate.py"))
-        .arg(cases.path())
-        .arg(venv.join("bin/kubernetes-validate"))
-        .stdin(Stdio::null())
-        .output()
-        .expect("run validate.py");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(out.status.success(), "validation failed:\n{text}");
     let n = corpus().len() - 1;
-    assert!(
-        text.contains(&format!("webhook corpus: {n} passed, 0 failed")),
-        "unexpected output:\n{text}"
+    assert_checks_pass(
+        Command::new(venv.join("bin/python"))
+            .arg(format!("{REPO}/tests/webhook/validate.py"))
+            .arg(cases.path())
+            .arg(venv.join("bin/kubernetes-validate")),
+        &format!("webhook corpus: {n} passed, 0 failed"),
     );
     if let Ok(dir) = std::env::var("IDENTITY_SIDECAR_WEBHOOK_KEEP_CASES") {
         for e in std::fs::read_dir(cases.path()).expect("dir").flatten() {
