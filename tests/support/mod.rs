@@ -1,5 +1,17 @@
 //! Fixtures shared by the integration tests: a scriptable fake Entra ID, federated-token files,
-//! and a sidecar started in-process or as a real process.
+//! and a sidecar started in-process or as a real process. What sets up what:
+//!
+//! - here: test identities, federated tokens and kubelet's token layout, [`Sidecar`] (in this
+//!   process) and [`Process`] (the binary, its output collected);
+//! - `sidecar_on_fake_entra`: the usual start, a fake Entra ID and a sidecar using it;
+//! - `sidecar_process`: `serve` as a process configured like a pod, one-shot commands run to end;
+//! - `request`: requests to a sidecar and how answers are read; `fake_entra`, `fake_http`,
+//!   `connect_proxy`, `token_proxy`: the loopback fakes; `mock_entra`: the mock Entra ID's tokens;
+//! - `sdk`, `mock_sdk`: the real SDKs as processes; `system`: the skip rule.
+//!
+//! Included on their own with `#[path]` (and by the webhook benchmark): `fake_kube` (a fake
+//! Kubernetes API), `webhook_proc` (the webhook as a process), `checkers` (the Python checkers),
+//! `mock_client` (requests to the mock Entra ID).
 #![allow(dead_code)]
 
 pub mod connect_proxy;
