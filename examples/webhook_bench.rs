@@ -44,9 +44,7 @@ async fn run(duration: u64, conns: usize, rate: u64) {
             "11111111-1111-1111-1111-111111111111",
         )],
     );
-    let dir = tempfile::tempdir().expect("tmp");
-    let kubeconfig = kube.kubeconfig(dir.path());
-    let wh = webhook_proc::Webhook::start(&kubeconfig, &["--log-format", "json"]);
+    let wh = webhook_proc::Webhook::start_against(&kube, &["--log-format", "json"]);
     let pod = webhook_proc::corpus_pod("deployment-generate-name");
     let body = serde_json::to_vec(&webhook_proc::review(&pod, "shop", "CREATE")).expect("json");
     let url = wh.url("/mutate");

@@ -1,10 +1,13 @@
 //! The Python checkers that the manifest and webhook tests run (`tests/manifests/check*.py`,
-//! `tests/webhook/validate.py`): where their tools are installed, and the one assertion on a
-//! checker's report (`ok`/`FAIL` lines, then "N passed, N failed").
+//! `tests/webhook/validate.py`): where their tools are installed, the one assertion on a
+//! checker's report (`ok`/`FAIL` lines, then "N passed, N failed"), and the second opinion on
+//! the webhook's patches.
 #![allow(dead_code)] // each test crate uses a different subset
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+
+use serde_json::{Value, json};
 
 /// The venv of `scripts/install-webhook-tools` (kubernetes-validate, jsonpatch):
 /// `IDENTITY_SIDECAR_WEBHOOK_TOOLS`, else `.cache/webhook/venv`. `None` after the skip rule of
@@ -38,4 +41,31 @@ pub fn assert_checks_pass(cmd: &mut Command, summary: &str) {
     );
     assert!(out.status.success(), "{cmd:?} failed:\n{text}");
     assert!(text.contains(summary), "unexpected output:\n{text}");
+}
+
+/// Writes one patched pod, `DIR/NAME.case.json`, as `tests/webhook/validate.py` reads it: the
+/// pod, the webhook's patch, and the pod the patch must give.
+pub fn write_patch_case(dir: &Path, name: &str, pod: &Value, patch: &[Value], expected: &Value) {
+    let case = json!({"name": name, "pod": pod, "patch": patch, "expected": expected});
+    std::fs::write(
+        dir.join(format!("{name}.case.json")),
+        serde_json::to_vec(&case).expect("json"),
+    )
+    .expect("write case");
+}
+
+/// The second opinion on the `n` cases in `dir`: Python's jsonpatch gives each the expected pod
+/// and kubernetes-validate --strict accepts it (1.29 and the newest schema). Without the tools,
+/// the skip rule.
+pub fn assert_patches_valid(dir: &Path, n: usize) {
+    let Some(venv) = webhook_tools() else {
+        return;
+    };
+    assert_checks_pass(
+        Command::new(venv.join("bin/python"))
+            .arg(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/webhook/validate.py"))
+            .arg(dir)
+            .arg(venv.join("bin/kubernetes-validate")),
+        &format!("webhook corpus: {n} passed, 0 failed"),
+    );
 }

@@ -128,6 +128,13 @@ impl Webhook {
         }
     }
 
+    /// Starts the webhook against `kube` with extra flags; the kubeconfig pointing at `kube` is
+    /// read at start, from a directory that goes right after.
+    pub fn start_against(kube: &super::fake_kube::FakeKube, extra: &[&str]) -> Webhook {
+        let dir = tempfile::tempdir().expect("tmp");
+        Webhook::start(&kube.kubeconfig(dir.path()), extra)
+    }
+
     pub fn logs(&self) -> String {
         self.logs.lock().expect("lock").clone()
     }
