@@ -131,8 +131,7 @@ proptest! {
 }
 
 async fn sidecar() -> (FakeEntra, tempfile::TempDir, Sidecar) {
-    let s = SidecarOnFakeEntra::start().await;
-    (s.entra, s.dir, s.sc)
+    SidecarOnFakeEntra::start().await.into_parts()
 }
 
 /// Sends raw bytes and returns the status line (or "" if the server closed without one).

@@ -18,8 +18,7 @@ fn q(resource: &str) -> String {
 }
 
 async fn setup() -> (FakeEntra, tempfile::TempDir, Sidecar) {
-    let s = SidecarOnFakeEntra::start().await;
-    (s.entra, s.dir, s.sc)
+    SidecarOnFakeEntra::start().await.into_parts()
 }
 
 #[tokio::test]
@@ -227,11 +226,9 @@ async fn unknown_paths_and_other_imds_paths_get_json_404() {
 
 #[tokio::test]
 async fn imds_identity_selectors() {
-    let SidecarOnFakeEntra {
-        entra,
-        dir: _dir,
-        sc,
-    } = SidecarOnFakeEntra::start_with(other_client_allowed).await;
+    let (entra, _dir, sc) = SidecarOnFakeEntra::start_with(other_client_allowed)
+        .await
+        .into_parts();
     for sel in [
         "client_id",
         "object_id",
@@ -406,15 +403,12 @@ async fn app_service_2017_uses_secret_clientid_and_epoch_string() {
 
 #[tokio::test]
 async fn app_service_refuses_everything_without_an_identity_header() {
-    let SidecarOnFakeEntra {
-        entra,
-        dir: _dir,
-        sc,
-    } = SidecarOnFakeEntra::start_with(|a| ServeArgs {
+    let (entra, _dir, sc) = SidecarOnFakeEntra::start_with(|a| ServeArgs {
         identity_header: None,
         ..a
     })
-    .await;
+    .await
+    .into_parts();
     let (status, b) = body(
         sc.app_service(
             &format!("api-version=2019-08-01&resource={RES}"),
@@ -785,18 +779,15 @@ async fn health_readiness_and_metrics() {
 
 #[tokio::test]
 async fn allowed_resources_refuse_before_calling_entra() {
-    let SidecarOnFakeEntra {
-        entra,
-        dir: _dir,
-        sc,
-    } = SidecarOnFakeEntra::start_with(|a| ServeArgs {
+    let (entra, _dir, sc) = SidecarOnFakeEntra::start_with(|a| ServeArgs {
         allowed_resources: vec![
             "https://vault.azure.net".parse().ok(),
             "https://storage.azure.com/*".parse().ok(),
         ],
         ..a
     })
-    .await;
+    .await
+    .into_parts();
     let (status, b) = body(sc.imds(&q(RES)).await).await;
     assert_eq!(
         (status, b["error"].as_str()),

@@ -25,8 +25,9 @@ const JS_CURRENT: &str =
 async fn start(
     tweak: impl FnOnce(ServeArgs) -> ServeArgs,
 ) -> (FakeEntra, tempfile::TempDir, Sidecar) {
-    let s = SidecarOnFakeEntra::start_with(|a| tweak(other_client_allowed(a))).await;
-    (s.entra, s.dir, s.sc)
+    SidecarOnFakeEntra::start_with(|a| tweak(other_client_allowed(a)))
+        .await
+        .into_parts()
 }
 
 /// A 2017-09-01 request as the SDKs send it, with `user_agent` (or none).

@@ -29,6 +29,11 @@ impl SidecarOnFakeEntra {
         let sc = Sidecar::start(tweak(args(&entra.authority(), &path))).await;
         SidecarOnFakeEntra { entra, dir, sc }
     }
+
+    /// The fake, the token's directory (keep it while the sidecar runs) and the sidecar.
+    pub fn into_parts(self) -> (FakeEntra, tempfile::TempDir, Sidecar) {
+        (self.entra, self.dir, self.sc)
+    }
 }
 
 /// `args` that also let apps ask for [`OTHER_CLIENT_ID`] (`--allowed-client-ids`).
