@@ -3,6 +3,8 @@
 //!
 //! Read it top down:
 //! - [`build_info`]: version, commit and build date (`--version`, start-up log, metrics);
+//! - `ca`: a throw-away certificate authority (the mock's HTTPS, the webhook's `certs`);
+//! - [`cli`]: the command-line frame both binaries share;
 //! - [`cmd`]: one file per subcommand (`serve`, `dev`, `doctor`, `token`, `probe`,
 //!   `init-network`, `mock-aad`), each with its own flags;
 //! - [`config`]: the validated settings `serve` runs on; [`cloud`]: the Azure clouds by name;
@@ -16,6 +18,9 @@
 //! - `mock_aad`: a stand-in Entra ID for local development and tests, never on the request path
 //!   of `serve`; only in builds with the `mock` feature (the default; not the image's build).
 pub mod build_info;
+#[cfg(any(feature = "mock", feature = "webhook"))]
+pub mod ca;
+pub mod cli;
 pub mod cloud;
 pub mod cmd;
 pub mod config;
