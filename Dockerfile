@@ -1,12 +1,12 @@
 # syntax=docker/dockerfile:1
 # identity-sidecar images, two targets from one static binary:
 #
-#   runtime (default)  the sidecar: FROM scratch, the binary, a CA bundle, uid 1501, no shell.
+#   runtime (default)  the sidecar: FROM scratch, the binary, a CA bundle, uid 10501, no shell.
 #                      Needs nothing writable: run it with readOnlyRootFilesystem: true.
 #   init               the init container of the imds-intercept overlay: the same binary on a
 #                      distroless iptables base; its entrypoint is `identity-sidecar init-network`.
 #   webhook            the admission webhook (manifests/webhook): FROM scratch, its own binary
-#                      (identity-sidecar-webhook), uid 1501; the per-pod image does not carry it.
+#                      (identity-sidecar-webhook), uid 10501; the per-pod image does not carry it.
 #
 #   docker build -t identity-sidecar .                 (or: buildah build ...)
 #   docker build --target init -t identity-sidecar-init .
@@ -124,7 +124,7 @@ LABEL org.opencontainers.image.title="identity-sidecar-webhook" \
       org.opencontainers.image.version="${VERSION}" \
       org.opencontainers.image.created="${CREATED}" \
       org.opencontainers.image.licenses="MIT OR Apache-2.0"
-USER 1501:1501
+USER 10501:10501
 EXPOSE 9443
 ENTRYPOINT ["/usr/local/bin/identity-sidecar-webhook"]
 CMD ["serve"]
@@ -144,9 +144,9 @@ LABEL org.opencontainers.image.title="identity-sidecar" \
       org.opencontainers.image.version="${VERSION}" \
       org.opencontainers.image.created="${CREATED}" \
       org.opencontainers.image.licenses="MIT OR Apache-2.0"
-# 1501 = identity_sidecar::init_network::SIDECAR_UID: init-network exempts this uid from the
+# 10501 = identity_sidecar::init_network::SIDECAR_UID: init-network exempts this uid from the
 # IMDS redirect. Change both together (or pass init-network --uid).
-USER 1501:1501
+USER 10501:10501
 # No EXPOSE: the sidecar listens on the pod's loopback only (127.0.0.1:8000), which no other pod
 # and no Service can reach; docs/kubernetes.md says why.
 ENTRYPOINT ["/usr/local/bin/identity-sidecar"]

@@ -10,7 +10,7 @@
 #     network namespace: /healthz, /readyz and a token through IMDS from a fake Entra ID;
 #  4. the init image's entrypoint (init-network) runs from its rootfs in the same namespace, and
 #     a request to 169.254.169.254 then reaches the sidecar from (1);
-#  5. the webhook image holds its own binary only and runs it as uid 1501;
+#  5. the webhook image holds its own binary only and runs it as uid 10501;
 #  6. every image carries its binary's SBOM at /usr/share/doc/<binary>/sbom.cdx.json and the OCI
 #     labels (source, revision, version, licenses, created) from the build arguments, and the
 #     binaries' --version names the same commit and date.
@@ -99,7 +99,7 @@ say "buildah build --target init"
 build init "$init_img"
 
 user=$(buildah inspect --type image --format '{{.OCIv1.Config.User}}' "$img")
-[ "$user" = "1501:1501" ] || fail "runtime image user is '$user', want 1501:1501"
+[ "$user" = "10501:10501" ] || fail "runtime image user is '$user', want 10501:10501"
 entry=$(buildah inspect --type image --format '{{.OCIv1.Config.Entrypoint}} {{.OCIv1.Config.Cmd}}' "$img")
 say "runtime image: user $user, entrypoint $entry"
 
@@ -198,7 +198,7 @@ esac
 say "buildah build --target webhook"
 build webhook "$webhook_img"
 wuser=$(buildah inspect --type image --format '{{.OCIv1.Config.User}}' "$webhook_img")
-[ "$wuser" = "1501:1501" ] || fail "webhook image user is '$wuser', want 1501:1501"
+[ "$wuser" = "10501:10501" ] || fail "webhook image user is '$wuser', want 10501:10501"
 c=$(buildah from --pull=never "$webhook_img")
 ctrs="$ctrs $c"
 wroot=$(buildah mount "$c")
