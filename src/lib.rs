@@ -19,6 +19,8 @@ pub mod cmd;
 pub mod config;
 pub mod core;
 pub mod duration;
+#[cfg(feature = "kube")]
+pub mod kube;
 #[cfg(feature = "mock")]
 pub mod mock_aad;
 pub mod netfilter;

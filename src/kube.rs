@@ -16,6 +16,7 @@
 //! - in a pod: `https://$KUBERNETES_SERVICE_HOST:$KUBERNETES_SERVICE_PORT`, the CA and the
 //!   service-account token under `/var/run/secrets/kubernetes.io/serviceaccount/`, the token
 //!   re-read every minute as client-go does (bound tokens rotate).
+#[cfg(feature = "webhook")]
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -26,7 +27,8 @@ use rustls_pki_types::pem::PemObject as _;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use yaml_rust2::{Yaml, YamlLoader};
 
-use super::patch::ServiceAccount;
+#[cfg(feature = "webhook")]
+use crate::webhook::patch::ServiceAccount;
 
 /// Where a pod's service-account credentials are mounted.
 pub const IN_CLUSTER_DIR: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
@@ -378,6 +380,7 @@ impl Client {
         }
     }
 
+    #[cfg(feature = "webhook")]
     /// The ServiceAccount `namespace/name`; `found: false` on 404.
     pub async fn service_account(
         &self,
@@ -467,6 +470,7 @@ fn error_chain(e: &dyn std::error::Error) -> String {
     s
 }
 
+#[cfg(feature = "webhook")]
 /// ServiceAccounts by namespace and name, kept for `ttl` (404s are not kept: a ServiceAccount
 /// created just before its pods must be seen at once).
 pub struct Cache {
@@ -474,6 +478,7 @@ pub struct Cache {
     map: Mutex<HashMap<Key, (Instant, Arc<ServiceAccount>)>>,
 }
 
+#[cfg(feature = "webhook")]
 /// Namespace and name.
 type Key = (String, String);
 
@@ -484,10 +489,12 @@ pub enum Lookup {
     Fetched,
 }
 
+#[cfg(feature = "webhook")]
 /// Most entries kept; on overflow the cache is emptied (a cluster with more ServiceAccounts in
 /// active use than this refetches more often, nothing worse).
 const MAX_ENTRIES: usize = 10_000;
 
+#[cfg(feature = "webhook")]
 impl Cache {
     pub fn new(ttl: Duration) -> Cache {
         Cache {
