@@ -465,6 +465,8 @@ pub enum WatchEvent {
     Gone,
 }
 
+/// How long one page of a list may take (a page of a large cluster's objects is megabytes).
+const LIST_TIMEOUT: Duration = Duration::from_secs(30);
 /// Most objects asked for per page of a list.
 const LIST_PAGE: usize = 500;
 /// How long the API server keeps one watch open before ending it (it is then resumed).
@@ -490,7 +492,7 @@ impl Client {
                 pairs.push(("continue", &cont));
             }
             let url = format!("{path}?{}", query(&pairs));
-            let r = self.get(&url).await?;
+            let r = self.get_within(&url, Some(LIST_TIMEOUT)).await?;
             if !r.status().is_success() {
                 return Err(status_error(r, path).await);
             }

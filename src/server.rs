@@ -216,7 +216,12 @@ pub async fn serve_pod(
         let svc = service_fn(move |req| {
             let (service, uid) = (Arc::clone(&service), uid.clone());
             async move {
-                let mut resp = handle(service, req).await?;
+                let mut resp = if route(req.uri().path()) == Endpoint::Metrics {
+                    // The agent's metrics cover every pod: served on its own listener only.
+                    service.not_found()
+                } else {
+                    handle(service, req).await?
+                };
                 let h = resp.headers_mut();
                 h.insert(AGENT_HEADER, HeaderValue::from_static(AGENT_NODE));
                 h.insert(POD_UID_HEADER, uid);

@@ -33,6 +33,7 @@ const CLIENT_A: &str = "aaaaaaaa-0000-4000-8000-00000000000a";
 const CLIENT_B: &str = "bbbbbbbb-0000-4000-8000-00000000000b";
 const CLIENT_C: &str = "cccccccc-0000-4000-8000-00000000000c";
 const VAULT: &str = "https://vault.azure.net";
+const APP_SERVICE_SECRET: &str = "node-mode-app-service-secret";
 
 static SERIAL: Mutex<()> = Mutex::new(());
 
@@ -186,10 +187,23 @@ impl Harness {
 
     /// A served-looking pod: namespace, process, token file, API object.
     fn pod(&mut self, name: &str, sa: &str, ip: &str, driver: Driver) -> (PodNs, PodSpec) {
+        self.pod_with(name, sa, ip, driver, |_| {})
+    }
+
+    /// [`Harness::pod`], with `edit` applied to the object first.
+    fn pod_with(
+        &mut self,
+        name: &str,
+        sa: &str,
+        ip: &str,
+        driver: Driver,
+        edit: impl FnOnce(&mut PodSpec),
+    ) -> (PodNs, PodSpec) {
         let uid = node_pod::new_uid();
         let ns = PodNs::new(&self.node, &uid, ip, driver);
         self.write_token(&uid, sa);
-        let spec = PodSpec::new(name, &uid, sa, ip);
+        let mut spec = PodSpec::new(name, &uid, sa, ip);
+        edit(&mut spec);
         self.kube.put_pod(spec.object());
         (ns, spec)
     }
@@ -233,7 +247,16 @@ fn two_pods_get_only_their_own_identity_through_the_python_sdk() {
         return;
     }
     let mut h = Harness::new();
-    let (a, _) = h.pod("app-a", "sa-a", "10.250.0.2", Driver::Systemd);
+    // Pod A's app was also given an App Service endpoint (as the webhook injects it).
+    let (a, _) = h.pod_with("app-a", "sa-a", "10.250.0.2", Driver::Systemd, |p| {
+        p.env = vec![
+            (
+                "IDENTITY_ENDPOINT".into(),
+                "http://127.0.0.1:8000/msi/token".into(),
+            ),
+            ("IDENTITY_HEADER".into(), APP_SERVICE_SECRET.into()),
+        ];
+    });
     let (b, _) = h.pod("app-b", "sa-b", "10.250.0.3", Driver::Cgroupfs);
     let agent = h.start_agent();
     wait_for("both pods served", Duration::from_secs(30), || {
@@ -299,6 +322,26 @@ fn two_pods_get_only_their_own_identity_through_the_python_sdk() {
     assert_eq!(
         token_owner(&a, Some(("client_id", CLIENT_A))).as_deref(),
         Ok(CLIENT_A)
+    );
+    // App Service 2019-08-01 in pod A on loopback with its header; not in pod B, not without it.
+    let msi = "/msi/token?api-version=2019-08-01&resource=https://vault.azure.net";
+    let ok = a
+        .get_at(
+            "127.0.0.1:8000",
+            msi,
+            &[("X-IDENTITY-HEADER", APP_SERVICE_SECRET)],
+        )
+        .expect("app service");
+    assert_eq!(ok.status, 200, "{}", ok.body);
+    let token = ok.json()["access_token"].as_str().unwrap_or("").to_string();
+    assert_eq!(token_claims(&token)["appid"], CLIENT_A);
+    let wrong = a
+        .get_at("127.0.0.1:8000", msi, &[("X-IDENTITY-HEADER", "guess")])
+        .expect("app service");
+    assert_ne!(wrong.status, 200, "{}", wrong.body);
+    assert!(
+        b.get_at("127.0.0.1:8000", msi, &[]).is_err(),
+        "pod B has no App Service endpoint"
     );
     // The init container's probe tells the agent's listener for this pod from anything else.
     let probe = |pod: &PodNs, uid: &str| {

@@ -13,7 +13,7 @@
 //! found; a changed pod is then served anew. While the API is unreachable the pods known so far
 //! keep their listeners (checked against the process scan on every pass) and no new pod gets one.
 use std::collections::HashMap;
-use std::net::SocketAddrV4;
+use std::net::{Ipv4Addr, SocketAddrV4};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -35,6 +35,8 @@ use crate::telemetry::summary::Summary;
 
 /// How often the listeners are checked against the process scan without an API event.
 pub const RESYNC: Duration = Duration::from_secs(2);
+/// How often the token-request summary of all pods is logged.
+const SUMMARY_EVERY: Duration = Duration::from_secs(300);
 /// Between reconnects to the API after a failure.
 const API_BACKOFF: Backoff = Backoff {
     base: Duration::from_millis(200),
@@ -74,6 +76,9 @@ pub struct Shared {
     /// Pod UIDs with a listener, for `/readyz` and logs.
     served: Mutex<Vec<String>>,
     synced: watch::Sender<bool>,
+    /// Request and Entra ID metrics of every pod, served on the agent's own health listener
+    /// only (an in-pod listener answers `/metrics` with 404: one pod must not see the others').
+    pub metrics: Arc<Metrics>,
 }
 
 impl Shared {
@@ -83,6 +88,7 @@ impl Shared {
             changed: Notify::new(),
             served: Mutex::new(Vec::new()),
             synced: watch::channel(false).0,
+            metrics: Arc::new(Metrics::new()),
         })
     }
 
@@ -274,7 +280,6 @@ pub struct Agent {
     cfg: AgentConfig,
     shared: Arc<Shared>,
     own_netns: NetnsId,
-    metrics: Arc<Metrics>,
     summary: Arc<Summary>,
     entra: HashMap<String, Arc<EntraClient>>,
     listeners: HashMap<String, Listener>,
@@ -288,7 +293,6 @@ impl Agent {
             own_netns: netns::own_netns()?,
             cfg,
             shared,
-            metrics: Arc::new(Metrics::new()),
             summary: Arc::new(Summary::default()),
             entra: HashMap::new(),
             listeners: HashMap::new(),
@@ -314,7 +318,8 @@ impl Agent {
             Vec::new(),
             Arc::clone(&self.shared),
         ));
-        let _abort = AbortOnDrop(vec![pods, accounts]);
+        let summary = self.summary.spawn(SUMMARY_EVERY);
+        let _abort = AbortOnDrop(vec![pods, accounts, summary]);
         loop {
             tokio::select! {
                 _ = self.shared.changed.notified() => {}
@@ -459,14 +464,18 @@ impl Agent {
             }
         };
         let ns_path = netns::ns_file(&self.cfg.proc_dir, pid);
-        let addr = self.cfg.imds_addr;
+        let mut addrs = vec![self.cfg.imds_addr];
+        if let Some(a) = &w.identity.app_service {
+            addrs.push(SocketAddrV4::new(Ipv4Addr::LOCALHOST, a.port));
+        }
+        let shown_addrs: Vec<String> = addrs.iter().map(ToString::to_string).collect();
         let token_file = w.token_file.clone();
         let bound = tokio::task::spawn_blocking(move || {
-            let l = netns::bind_in(&ns_path, netns, addr)?;
+            let l = netns::bind_in(&ns_path, netns, addrs)?;
             Ok::<_, std::io::Error>((l, TokenSource::new(token_file)))
         })
         .await;
-        let (std_listener, source) = match bound {
+        let (std_listeners, source) = match bound {
             Ok(Ok(x)) => x,
             Ok(Err(e)) => {
                 self.refuse(&uid, &shown, format!("cannot listen in {netns}: {e}"));
@@ -477,7 +486,11 @@ impl Agent {
                 return;
             }
         };
-        let listener = match tokio::net::TcpListener::from_std(std_listener) {
+        let listeners: Result<Vec<_>, _> = std_listeners
+            .into_iter()
+            .map(tokio::net::TcpListener::from_std)
+            .collect();
+        let listeners = match listeners {
             Ok(l) => l,
             Err(e) => {
                 self.refuse(&uid, &shown, format!("cannot register the listener: {e}"));
@@ -492,14 +505,23 @@ impl Agent {
             source,
             entra,
             max_cached_tokens: self.cfg.max_cached_tokens,
-            metrics: Arc::clone(&self.metrics),
+            metrics: Arc::clone(&self.shared.metrics),
             summary: Arc::clone(&self.summary),
             access_log: self.cfg.access_log,
         });
         let (stop, stop_rx) = watch::channel(false);
-        let task = tokio::spawn(crate::server::serve_pod(
-            listener, service, uid_header, stop_rx,
-        ));
+        let mut serving = tokio::task::JoinSet::new();
+        for l in listeners {
+            serving.spawn(crate::server::serve_pod(
+                l,
+                Arc::clone(&service),
+                uid_header.clone(),
+                stop_rx.clone(),
+            ));
+        }
+        drop(service);
+        // One task owns the pod's listeners: aborting it drops them all, with their connections.
+        let task = tokio::spawn(async move { while serving.join_next().await.is_some() {} });
         tracing::info!(
             pod = %shown,
             uid = %uid,
@@ -508,7 +530,8 @@ impl Agent {
             client_id = %w.identity.client_id,
             tenant_id = %w.identity.tenant_id,
             token_file = %w.token_file.display(),
-            "serving the pod on {addr} inside its network namespace"
+            "serving the pod on {} inside its network namespace",
+            shown_addrs.join(" and ")
         );
         self.refused.remove(&uid);
         self.listeners.insert(
@@ -538,7 +561,7 @@ impl Agent {
                 egress: &self.cfg.egress,
                 token_proxy: None,
             },
-            Arc::clone(&self.metrics),
+            Arc::clone(&self.shared.metrics),
         )?);
         self.entra.insert(tenant.to_string(), Arc::clone(&c));
         Ok(c)

@@ -179,12 +179,13 @@ pub fn ns_file(proc_dir: &Path, pid: u32) -> PathBuf {
 }
 
 /// Enters the namespace of `ns_path` on a thread of its own, makes sure it is `expect` and that
-/// `addr`'s IP is on its `lo`, and binds a listener on `addr` there (non-blocking, for Tokio).
+/// the IP of `addrs[0]` is on its `lo`, and binds a listener on each of `addrs` there
+/// (non-blocking, for Tokio).
 pub fn bind_in(
     ns_path: &Path,
     expect: NetnsId,
-    addr: SocketAddrV4,
-) -> io::Result<std::net::TcpListener> {
+    addrs: Vec<SocketAddrV4>,
+) -> io::Result<Vec<std::net::TcpListener>> {
     let file = std::fs::File::open(ns_path)?;
     let m = file.metadata()?;
     let got = NetnsId {
@@ -199,16 +200,23 @@ pub fn bind_in(
     }
     let thread = std::thread::Builder::new()
         .name("netns-bind".into())
-        .spawn(move || -> io::Result<std::net::TcpListener> {
+        .spawn(move || -> io::Result<Vec<std::net::TcpListener>> {
             // SAFETY: setns on a valid namespace fd; it changes only this thread, which ends
             // right after binding and runs nothing else.
             if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
                 return Err(io::Error::last_os_error());
             }
-            add_loopback_address(*addr.ip())?;
-            let l = std::net::TcpListener::bind(addr)?;
-            l.set_nonblocking(true)?;
-            Ok(l)
+            if let Some(first) = addrs.first() {
+                add_loopback_address(*first.ip())?;
+            }
+            addrs
+                .iter()
+                .map(|a| {
+                    let l = std::net::TcpListener::bind(a)?;
+                    l.set_nonblocking(true)?;
+                    Ok(l)
+                })
+                .collect()
         })?;
     thread
         .join()

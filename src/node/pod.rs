@@ -14,7 +14,10 @@
 //! `azure.workload.identity/client-id` / `tenant-id`, the agent's `--tenant-id` is the last
 //! resort for the tenant; `identity-sidecar.io/allowed-client-ids` and `allowed-resources` are
 //! the allow-lists `serve` takes from `IDENTITY_SIDECAR_ALLOWED_CLIENT_IDS` and
-//! `IDENTITY_SIDECAR_ALLOWED_RESOURCES`.
+//! `IDENTITY_SIDECAR_ALLOWED_RESOURCES`. When a container of the pod was given an App Service
+//! endpoint on loopback (`IDENTITY_ENDPOINT=http://127.0.0.1:<port>/msi/token` and a literal
+//! `IDENTITY_HEADER`, as the webhook injects them), the pod is also served there, with that
+//! header as its secret.
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
@@ -22,6 +25,7 @@ use serde_json::Value;
 
 use crate::cmd::flags;
 use crate::config::{Policy, ResourceRule};
+use crate::core::secret::Secret;
 
 // The webhook's names (src/webhook/names.rs; a test checks they agree).
 pub const LABEL_INJECT: &str = "identity-sidecar.io/inject";
@@ -60,6 +64,16 @@ pub struct Pod {
     pub annotations: BTreeMap<String, String>,
     pub token: Option<TokenVolume>,
     pub pod_ip: String,
+    /// The App Service endpoint the pod's containers were given, when they were.
+    pub app_service: Option<AppService>,
+}
+
+/// An App Service endpoint for the pod: `IDENTITY_ENDPOINT=http://127.0.0.1:<port>/...` and
+/// `IDENTITY_HEADER=<secret>`, literal values in a container's `env` (what the webhook injects).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AppService {
+    pub port: u16,
+    pub header: Secret,
 }
 
 /// What the agent keeps of a ServiceAccount: its identity annotations.
@@ -99,6 +113,8 @@ pub struct Identity {
     /// The client id first, then the pod's extra allowed ids; lower case, no repeats.
     pub allowed_client_ids: Vec<String>,
     pub allowed_resources: Vec<ResourceRule>,
+    /// The App Service endpoint, when the pod was given one.
+    pub app_service: Option<AppService>,
 }
 
 impl Identity {
@@ -106,7 +122,7 @@ impl Identity {
         Policy {
             allowed_client_ids: self.allowed_client_ids.clone(),
             allowed_resources: self.allowed_resources.clone(),
-            identity_header: None,
+            identity_header: self.app_service.as_ref().map(|a| a.header.clone()),
             msi_2017_expires_on: Default::default(),
         }
     }
@@ -167,6 +183,7 @@ impl Pod {
             annotations,
             token: token_volume(v),
             pod_ip: str_at(v, "/status/podIP").to_string(),
+            app_service: app_service(v),
         })
     }
 
@@ -281,8 +298,48 @@ impl Pod {
             tenant_id,
             allowed_client_ids,
             allowed_resources,
+            app_service: self.app_service.clone(),
         })
     }
+}
+
+/// The App Service endpoint named in the first container whose `env` gives both
+/// `IDENTITY_ENDPOINT` (on 127.0.0.1) and `IDENTITY_HEADER` as literal values.
+fn app_service(v: &Value) -> Option<AppService> {
+    let containers = ["/spec/initContainers", "/spec/containers"]
+        .iter()
+        .filter_map(|p| v.pointer(p).and_then(Value::as_array))
+        .flatten();
+    for c in containers {
+        let Some(env) = c.get("env").and_then(Value::as_array) else {
+            continue;
+        };
+        let value = |name: &str| {
+            env.iter()
+                .find(|e| e.get("name").and_then(Value::as_str) == Some(name))
+                .and_then(|e| e.get("value"))
+                .and_then(Value::as_str)
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+        };
+        let (Some(endpoint), Some(header)) = (value("IDENTITY_ENDPOINT"), value("IDENTITY_HEADER"))
+        else {
+            continue;
+        };
+        let Ok(url) = reqwest::Url::parse(endpoint) else {
+            continue;
+        };
+        if url.scheme() == "http"
+            && url.host_str() == Some("127.0.0.1")
+            && let Some(port) = url.port().filter(|p| *p != 0)
+        {
+            return Some(AppService {
+                port,
+                header: Secret::new(header.to_string()),
+            });
+        }
+    }
+    None
 }
 
 /// The first projected volume with a `serviceAccountToken` source of audience
@@ -408,6 +465,29 @@ mod tests {
                 .expect("pod")
                 .identity(Some(&sa), None)
                 .is_err()
+        );
+    }
+
+    #[test]
+    fn an_app_service_endpoint_is_read_from_literal_env_on_loopback() {
+        let mut v = pod();
+        assert!(Pod::parse(&v).expect("pod").app_service.is_none());
+        v["spec"]["containers"] = json!([{"name": "app", "env": [
+            {"name": "IDENTITY_ENDPOINT", "value": "http://127.0.0.1:8000/msi/token"},
+            {"name": "IDENTITY_HEADER", "value": "s3cret"}]}]);
+        let a = Pod::parse(&v).expect("pod").app_service.expect("endpoint");
+        assert_eq!(a.port, 8000);
+        assert!(a.header.matches(b"s3cret"));
+        v["spec"]["containers"][0]["env"][0]["value"] = json!("http://10.0.0.1:8000/msi/token");
+        assert!(
+            Pod::parse(&v).expect("pod").app_service.is_none(),
+            "not loopback"
+        );
+        v["spec"]["containers"][0]["env"][0]["value"] = json!("http://127.0.0.1:8000/msi/token");
+        v["spec"]["containers"][0]["env"][1] = json!({"name": "IDENTITY_HEADER", "valueFrom": {"secretKeyRef": {"name": "s", "key": "k"}}});
+        assert!(
+            Pod::parse(&v).expect("pod").app_service.is_none(),
+            "not literal"
         );
     }
 

@@ -281,6 +281,22 @@ impl PodNs {
         })
     }
 
+    /// A GET of `path_query` to `addr` (such as 127.0.0.1:8000) from inside the pod.
+    pub fn get_at(
+        &self,
+        addr: &str,
+        path_query: &str,
+        headers: &[(&str, &str)],
+    ) -> std::io::Result<Answer> {
+        let (ns, pq) = (self.ns().to_string(), path_query.to_string());
+        let addr: SocketAddr = addr.parse().expect("addr");
+        let headers: Vec<(String, String)> = headers
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        in_netns(&ns, move || http_get(addr, &pq, &headers))
+    }
+
     /// An IMDS token request from inside the pod (`Metadata: true`).
     pub fn imds_token(
         &self,
@@ -431,6 +447,8 @@ pub struct PodSpec {
     pub phase: &'static str,
     pub terminating: bool,
     pub annotations: Vec<(String, String)>,
+    /// Literal `env` of the app container.
+    pub env: Vec<(String, String)>,
 }
 
 impl PodSpec {
@@ -446,6 +464,7 @@ impl PodSpec {
             phase: "Running",
             terminating: false,
             annotations: Vec::new(),
+            env: Vec::new(),
         }
     }
 
@@ -464,13 +483,18 @@ impl PodSpec {
         } else {
             json!({"app": self.name})
         };
+        let env: Vec<Value> = self
+            .env
+            .iter()
+            .map(|(k, v)| json!({"name": k, "value": v}))
+            .collect();
         let mut v = json!({
             "kind": "Pod", "apiVersion": "v1",
             "metadata": {"name": self.name, "namespace": self.namespace, "uid": self.uid,
                          "labels": labels, "annotations": annotations},
             "spec": {"nodeName": NODE, "serviceAccountName": self.service_account,
                      "hostNetwork": self.host_network,
-                     "containers": [{"name": "app", "image": "app"}],
+                     "containers": [{"name": "app", "image": "app", "env": env}],
                      "volumes": [{"name": "azure-identity", "projected": {"sources": [
                          {"serviceAccountToken": {"audience": "api://AzureADTokenExchange",
                                                   "expirationSeconds": 3600, "path": "token"}}]}}]},
