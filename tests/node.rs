@@ -144,6 +144,11 @@ impl Harness {
     }
 
     fn start_agent(&mut self) -> Agent {
+        self.start_agent_with_caps(None)
+    }
+
+    /// The agent, limited to `caps` (setpriv's names, as root) when given.
+    fn start_agent_with_caps(&mut self, caps: Option<&[&str]>) -> Agent {
         self.starts += 1;
         let log = self
             .node
@@ -151,7 +156,21 @@ impl Harness {
             .path()
             .join(format!("agent-{}.log", self.starts));
         let out = std::fs::File::create(&log).expect("log");
-        let mut cmd = Command::new(AGENT);
+        let mut cmd = match caps {
+            None => Command::new(AGENT),
+            Some(caps) => {
+                let set = format!(
+                    "-all,{}",
+                    caps.iter()
+                        .map(|c| format!("+{c}"))
+                        .collect::<Vec<_>>()
+                        .join(",")
+                );
+                let mut c = Command::new("setpriv");
+                c.args(["--bounding-set", &set, "--inh-caps", "-all", "--", AGENT]);
+                c
+            }
+        };
         cmd.env_clear()
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())
             .env("KUBECONFIG", &self.kubeconfig)
@@ -629,5 +648,63 @@ fn restart_outage_and_a_late_token_file() {
             .all(|r| r.contains("fieldSelector=spec.nodeName%3Dnode-under-test")),
         "{:?}",
         h.kube.requests()
+    );
+}
+
+/// The capabilities manifests/node/daemonset.yaml adds (everything else dropped), in setpriv's
+/// spelling; the test below checks the manifest says the same.
+const DAEMONSET_CAPS: [&str; 5] = [
+    "sys_admin",
+    "net_admin",
+    "sys_ptrace",
+    "net_bind_service",
+    "dac_read_search",
+];
+
+#[test]
+fn the_agent_needs_only_the_daemonsets_capabilities() {
+    let _s = serial();
+    if let Some(why) = support::system::missing(
+        Some("node-mode tests create network namespaces"),
+        &["ip", "setpriv"],
+    ) {
+        return support::system::skip(&why);
+    }
+    let manifest = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/manifests/node/daemonset.yaml"
+    ))
+    .expect("manifests/node/daemonset.yaml");
+    for cap in DAEMONSET_CAPS {
+        assert!(
+            manifest.contains(&format!("- {}", cap.to_uppercase())),
+            "the DaemonSet does not add {cap}"
+        );
+    }
+    let mut h = Harness::new();
+    // The app runs as uid 1000 and the kubelet made its token 0600 for that uid: the agent,
+    // root without CAP_DAC_OVERRIDE, reads it with CAP_DAC_READ_SEARCH and opens the process's
+    // namespace with CAP_SYS_PTRACE.
+    let uid = node_pod::new_uid();
+    let pod = PodNs::new_as(&h.node, &uid, "10.250.4.2", Driver::Systemd, Some(1000));
+    h.write_token(&uid, "sa-a");
+    let dir = h.node.token_dir(&uid, "azure-identity");
+    let token = std::fs::canonicalize(dir.join("token")).expect("token");
+    std::os::unix::fs::chown(&token, Some(1000), Some(1000)).expect("chown");
+    std::fs::set_permissions(&token, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+        .expect("chmod");
+    h.kube
+        .put_pod(PodSpec::new("app-a", &uid, "sa-a", "10.250.4.2").object());
+    let agent = h.start_agent_with_caps(Some(&DAEMONSET_CAPS));
+    wait_for(
+        "the pod served by the capability-limited agent",
+        Duration::from_secs(20),
+        || served(&pod),
+    );
+    assert_eq!(
+        token_owner(&pod, None).as_deref(),
+        Ok(CLIENT_A),
+        "{}",
+        agent.logs()
     );
 }

@@ -199,6 +199,11 @@ impl PodNs {
     /// A pod namespace with `lo` up and `ip` on `eth0` (the pod IP), and a process of
     /// pod `uid` in it, in a cgroup named by `driver`.
     pub fn new(node: &Node, uid: &str, ip: &str, driver: Driver) -> PodNs {
+        Self::new_as(node, uid, ip, driver, None)
+    }
+
+    /// [`PodNs::new`] with the process running as `user` (uid and gid) when given.
+    pub fn new_as(node: &Node, uid: &str, ip: &str, driver: Driver, user: Option<u32>) -> PodNs {
         let ns = unique("ndpod");
         ok(Command::new("ip").args(["netns", "add", &ns]));
         let guard = NsGuard(ns.clone());
@@ -211,8 +216,14 @@ impl PodNs {
         ok(Command::new("ip").args(["-n", &ns, "addr", "add", &format!("{ip}/24"), "dev", "eth0"]));
         ok(Command::new("ip").args(["-n", &ns, "link", "set", "eth0", "up"]));
         ok(Command::new("ip").args(["-n", &ns, "link", "set", "eth0p", "up"]));
-        let child = Command::new("ip")
-            .args(["netns", "exec", &ns, "sleep", "900"])
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &ns]);
+        if let Some(u) = user {
+            let id = u.to_string();
+            cmd.args(["setpriv", "--reuid", &id, "--regid", &id, "--clear-groups"]);
+        }
+        let child = cmd
+            .args(["sleep", "900"])
             .stdin(Stdio::null())
             .spawn()
             .expect("sleep in the namespace");
