@@ -773,6 +773,26 @@ mod tests {
     }
 
     #[test]
+    fn watch_events_are_read_and_410_means_list_again() {
+        let ev = |line: &str| parse_event(line.as_bytes());
+        assert!(matches!(
+            ev(r#"{"type":"ADDED","object":{"metadata":{"name":"p"}}}"#),
+            Ok(WatchEvent::Added(o)) if o["metadata"]["name"] == "p"
+        ));
+        assert!(matches!(
+            ev(r#"{"type":"BOOKMARK","object":{"metadata":{"resourceVersion":"42"}}}"#),
+            Ok(WatchEvent::Bookmark(v)) if v == "42"
+        ));
+        assert!(matches!(
+            ev(r#"{"type":"ERROR","object":{"kind":"Status","code":410,"reason":"Expired"}}"#),
+            Ok(WatchEvent::Gone)
+        ));
+        assert!(ev(r#"{"type":"ERROR","object":{"code":500,"message":"boom"}}"#).is_err());
+        assert!(ev("not json").is_err());
+        assert!(ev(r#"{"type":"SURPRISE","object":{}}"#).is_err());
+    }
+
+    #[test]
     fn in_cluster_brackets_ipv6_hosts() {
         let dir = tempfile::tempdir().expect("tmp");
         std::fs::write(dir.path().join("ca.crt"), ca_pem()).expect("ca");

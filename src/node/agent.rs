@@ -341,6 +341,7 @@ impl Agent {
         let started = Instant::now();
         let mut wanted: Vec<Wanted> = Vec::new();
         let mut unwanted: Vec<(String, String, String)> = Vec::new();
+        let known_uids: std::collections::HashSet<String>;
         {
             let known = self.shared.known();
             if !(known.pods_synced && known.accounts_synced) {
@@ -350,6 +351,7 @@ impl Agent {
                 .shared
                 .synced
                 .send_if_modified(|s| !std::mem::replace(s, true));
+            known_uids = known.pods.keys().cloned().collect();
             for (uid, pod) in &known.pods {
                 if let Some(why) = pod.refusal(&self.cfg.node_name) {
                     if pod.opted_in {
@@ -390,8 +392,8 @@ impl Agent {
                 l.close("the pod is no longer served (deleted, terminating, or opted out)");
             }
         }
-        self.refused
-            .retain(|u, _| keep.contains(u.as_str()) || self.listeners.contains_key(u));
+        // A reason is logged once while the pod is known; a pod gone from the API is forgotten.
+        self.refused.retain(|u, _| known_uids.contains(u));
         if wanted.is_empty() {
             self.publish();
             return;
