@@ -41,8 +41,8 @@ pub struct ProbeArgs {
     #[arg(long)]
     pub node_agent: bool,
     /// With --node-agent: the answer must also name this pod UID in `x-identity-sidecar-pod-uid`
-    /// (give the pod's `metadata.uid` through the downward API).
-    #[arg(long, env = "POD_UID", value_name = "UID", requires = "node_agent")]
+    /// (give the pod's `metadata.uid` through the downward API). Ignored without --node-agent.
+    #[arg(long, env = "POD_UID", value_name = "UID")]
     pub pod_uid: Option<String>,
 }
 
