@@ -363,19 +363,14 @@ fn two_pods_get_only_their_own_identity_through_the_python_sdk() {
         "pod B has no App Service endpoint"
     );
     // The init container's probe tells the agent's listener for this pod from anything else.
+    // Exactly the webhook's wait container: `probe --node-agent --wait N`, POD_UID from the
+    // downward API.
     let probe = |pod: &PodNs, uid: &str| {
         Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                pod.ns(),
-                SIDECAR,
-                "probe",
-                "--node-agent",
-                "--pod-uid",
-                uid,
-            ])
+            .args(["netns", "exec", pod.ns(), SIDECAR])
+            .args(["probe", "--node-agent", "--wait", "1"])
             .env_clear()
+            .env("POD_UID", uid)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .status()
