@@ -159,11 +159,10 @@ impl Pod {
                 }
             }
         }
-        let mode = annotations
-            .get(ANN_MODE)
-            .map(String::as_str)
-            .or_else(|| label(ANN_MODE));
-        let opted_in = label(LABEL_INJECT) == Some("true") && mode == Some(MODE_NODE);
+        // As the webhook reads it: node mode by label or by annotation.
+        let node_mode = label(ANN_MODE).map(str::trim) == Some(MODE_NODE)
+            || annotations.get(ANN_MODE).map(String::as_str) == Some(MODE_NODE);
+        let opted_in = label(LABEL_INJECT) == Some("true") && node_mode;
         let service_account = match str_at(v, "/spec/serviceAccountName") {
             "" => "default".to_string(),
             s => s.to_string(),
@@ -497,6 +496,7 @@ mod tests {
         use crate::webhook::names as w;
         assert_eq!(LABEL_INJECT, w::LABEL_INJECT);
         assert_eq!(ANN_MODE, w::ANN_MODE);
+        assert_eq!(MODE_NODE, w::MODE_NODE);
         assert_eq!(ANN_CLIENT_ID, w::ANN_CLIENT_ID);
         assert_eq!(ANN_TENANT_ID, w::ANN_TENANT_ID);
         assert_eq!(ANN_ALLOWED_CLIENT_IDS, w::ANN_ALLOWED_CLIENT_IDS);
