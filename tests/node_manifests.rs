@@ -39,5 +39,8 @@ fn node_manifests_render_validate_and_keep_the_rules() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(out.status.success(), "node manifest checks failed:\n{text}");
-    assert!(text.contains("4 passed, 0 failed"), "unexpected output:\n{text}");
+    assert!(
+        text.contains("4 passed, 0 failed"),
+        "unexpected output:\n{text}"
+    );
 }
