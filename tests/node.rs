@@ -546,6 +546,44 @@ fn terminating_unlabelled_and_host_network_pods_get_nothing() {
     drop(host_pods);
 }
 
+#[test]
+fn a_namespace_shared_by_two_pods_or_a_pod_split_over_two_serves_nobody() {
+    let _s = serial();
+    if let Some(why) = unavailable() {
+        return support::system::skip(&why);
+    }
+    let mut h = Harness::new();
+    // X and Y: a process of each in one namespace. Z: processes in two namespaces. W: served.
+    let (x, _) = h.pod("app-x", "sa-a", "10.250.5.2", Driver::Systemd);
+    let y_uid = node_pod::new_uid();
+    let y = PodNs::join(&h.node, &y_uid, Driver::Cgroupfs, &x);
+    h.write_token(&y_uid, "sa-b");
+    h.kube
+        .put_pod(PodSpec::new("app-y", &y_uid, "sa-b", "10.250.5.2").object());
+    let (z, _) = h.pod("app-z", "sa-c", "10.250.5.3", Driver::Cgroupfs);
+    let (other, _) = h.pod("app-o", "sa-b", "10.250.5.4", Driver::Systemd);
+    let z_elsewhere = PodNs::join(&h.node, &z.uid, Driver::Cgroupfs, &other);
+    let (w, _) = h.pod("app-w", "sa-a", "10.250.5.5", Driver::Systemd);
+    let agent = h.start_agent();
+    wait_for("pod W served", Duration::from_secs(30), || served(&w));
+    std::thread::sleep(agent_resync());
+    assert!(
+        !x.has_imds_listener(),
+        "a namespace shared by X and Y was served"
+    );
+    assert!(x.get("/readyz", &[]).is_err());
+    assert!(
+        !z.has_imds_listener(),
+        "pod Z, split over two namespaces, was served"
+    );
+    // The namespace Z's second process sits in belongs to pod O as well: not served either.
+    assert!(!other.has_imds_listener());
+    let logs = agent.logs();
+    assert!(logs.contains("holds processes of 2 pods"), "{logs}");
+    assert!(logs.contains("in 2 network namespaces"), "{logs}");
+    drop((y, z_elsewhere));
+}
+
 /// The agent's periodic pass, and a margin.
 fn agent_resync() -> Duration {
     identity_sidecar::node::agent::RESYNC + Duration::from_millis(700)

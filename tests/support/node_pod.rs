@@ -193,6 +193,8 @@ pub struct PodNs {
     pub ip: String,
     child: Child,
     placement: Placement,
+    /// Whether dropping this deletes the namespace (not for a process joined to another's).
+    owns_ns: bool,
 }
 
 impl PodNs {
@@ -246,6 +248,7 @@ impl PodNs {
             ip: ip.to_string(),
             child,
             placement,
+            owns_ns: true,
         }
     }
 
@@ -263,6 +266,37 @@ impl PodNs {
             ip: String::new(),
             child,
             placement,
+            owns_ns: true,
+        }
+    }
+
+    /// Another process, of pod `uid`, in `other`'s namespace (for the ambiguity rules: a
+    /// namespace shared by two pods, or one pod's processes in two namespaces).
+    pub fn join(node: &Node, uid: &str, driver: Driver, other: &PodNs) -> PodNs {
+        let ns = other.ns().to_string();
+        let child = Command::new("ip")
+            .args(["netns", "exec", &ns, "sleep", "900"])
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("sleep in the namespace");
+        let target = netns_id(Path::new(&format!("/run/netns/{ns}")));
+        let pid = child.id();
+        let until = std::time::Instant::now() + Duration::from_secs(10);
+        while netns_id(Path::new(&format!("/proc/{pid}/ns/net"))) != target {
+            assert!(
+                std::time::Instant::now() < until,
+                "sleep never entered {ns}"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let placement = node.place(pid, uid, driver, &unique("c"));
+        PodNs {
+            ns: Some(ns),
+            uid: uid.to_string(),
+            ip: other.ip.clone(),
+            child,
+            placement,
+            owns_ns: false,
         }
     }
 
@@ -339,7 +373,7 @@ impl Drop for PodNs {
                 let _ = std::fs::remove_dir_all(entry);
             }
         }
-        if let Some(ns) = &self.ns {
+        if let Some(ns) = self.ns.as_ref().filter(|_| self.owns_ns) {
             let _ = sh(Command::new("ip").args(["netns", "del", ns]));
         }
     }
