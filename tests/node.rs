@@ -535,6 +535,17 @@ fn terminating_unlabelled_and_host_network_pods_get_nothing() {
         std::io::ErrorKind::ConnectionRefused,
         "{refused}"
     );
+    // The second pod's token is cached (a second ask does not reach Entra ID)...
+    let entra_calls = |h: &Harness| {
+        h.mock
+            .token_requests()
+            .iter()
+            .filter(|r| r.client_id.as_deref() == Some(CLIENT_B))
+            .count()
+    };
+    assert_eq!(token_owner(&second, None).as_deref(), Ok(CLIENT_B));
+    assert_eq!(token_owner(&second, None).as_deref(), Ok(CLIENT_B));
+    assert_eq!(entra_calls(&h), 1, "the second ask was a cache hit");
     second_spec.labelled = false;
     h.kube.put_pod(second_spec.object());
     let took = wait_for(
@@ -543,6 +554,18 @@ fn terminating_unlabelled_and_host_network_pods_get_nothing() {
         || !second.has_imds_listener(),
     );
     assert!(took < Duration::from_secs(1), "took {took:?}");
+    // ...and went with the listener: labelled again, the pod's next ask goes to Entra ID.
+    second_spec.labelled = true;
+    h.kube.put_pod(second_spec.object());
+    wait_for("pod served again", Duration::from_secs(10), || {
+        served(&second)
+    });
+    assert_eq!(token_owner(&second, None).as_deref(), Ok(CLIENT_B));
+    assert_eq!(
+        entra_calls(&h),
+        2,
+        "the cached token was dropped with the listener"
+    );
     drop(host_pods);
 }
 
