@@ -342,6 +342,16 @@ fn two_pods_get_only_their_own_identity_through_the_python_sdk() {
         token_owner(&a, Some(("client_id", CLIENT_A))).as_deref(),
         Ok(CLIENT_A)
     );
+    // Nothing goes to the real IMDS: instance metadata is not served, and /metrics (every pod's
+    // counts) is the agent's own, not a pod's.
+    let instance = a
+        .get(
+            "/metadata/instance?api-version=2021-02-01",
+            &[("Metadata", "true")],
+        )
+        .expect("answer");
+    assert_eq!(instance.status, 404, "{}", instance.body);
+    assert_eq!(a.get("/metrics", &[]).expect("answer").status, 404);
     // App Service 2019-08-01 in pod A on loopback with its header; not in pod B, not without it.
     let msi = "/msi/token?api-version=2019-08-01&resource=https://vault.azure.net";
     let ok = a
