@@ -8,50 +8,23 @@ system-node-critical, a toleration for every taint, NODE_NAME from the downward 
 limits and both probes.
 
 usage: check_node.py KUBERNETES_VALIDATE_BIN MANIFESTS_NODE_DIR
-Prints one line per check group and "N passed, N failed"; exit 1 on any failure.
+Prints one ok/FAIL line per check and "node manifests: N passed, N failed"; exit 1 on any
+failure (tests/manifests/manifest_checks.py).
 """
-import os
-import subprocess
 import sys
-import tempfile
 
 import yaml
 
+from manifest_checks import check, kustomize, report, validate_strict
+
 NAME = "identity-sidecar-node"
 CAPS = {"SYS_ADMIN", "NET_ADMIN", "NET_BIND_SERVICE", "SYS_PTRACE", "DAC_READ_SEARCH"}
-
-
-class Fail(Exception):
-    pass
-
-
-def check(cond, msg):
-    if not cond:
-        raise Fail(msg)
 
 
 def one(docs, kind):
     found = [d for d in docs if d["kind"] == kind and d["metadata"]["name"] == NAME]
     check(len(found) == 1, f"expected one {kind}/{NAME}, got {len(found)}")
     return found[0]
-
-
-def rendered(d):
-    out = subprocess.run(["kubectl", "kustomize", d], capture_output=True, text=True)
-    check(out.returncode == 0, f"kubectl kustomize {d}: {out.stderr.strip()}")
-    return [x for x in yaml.safe_load_all(out.stdout) if x]
-
-
-def validated(validator, docs):
-    with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
-        yaml.safe_dump_all(docs, f)
-        path = f.name
-    try:
-        for v in ["1.29.0", "1.37.0"]:
-            r = subprocess.run([validator, "--strict", "--quiet", "-k", v, path], capture_output=True, text=True)
-            check(r.returncode == 0, f"kubernetes-validate --strict -k {v}: {(r.stdout + r.stderr).strip()}")
-    finally:
-        os.unlink(path)
 
 
 def rbac(docs):
@@ -104,25 +77,23 @@ def daemonset(docs):
 
 
 def main():
-    validator, d = sys.argv[1], sys.argv[2]
-    passed = failed = 0
-    try:
-        docs = rendered(d)
-    except Fail as e:
-        print(f"FAIL render: {e}")
-        print("0 passed, 1 failed")
-        return 1
-    for name, fn in [("validate", lambda: validated(validator, docs)), ("rbac", lambda: rbac(docs)),
-                     ("namespace", lambda: namespace(docs)), ("daemonset", lambda: daemonset(docs))]:
-        try:
-            fn()
-            print(f"ok   {name}")
-            passed += 1
-        except Fail as e:
-            print(f"FAIL {name}: {e}")
-            failed += 1
-    print(f"{passed} passed, {failed} failed")
-    return 1 if failed else 0
+    validator, directory = sys.argv[1], sys.argv[2]
+    rendered = {}
+
+    def render_and_validate():
+        text = kustomize(directory)
+        validate_strict(validator, text, ["1.29.0", "1.37.0"])
+        rendered["docs"] = [d for d in yaml.safe_load_all(text) if d]
+
+    def on_docs(fn):
+        return lambda: fn(rendered.get("docs", []))
+
+    return report("node manifests", [
+        ("render and validate", render_and_validate),
+        ("rbac", on_docs(rbac)),
+        ("namespace", on_docs(namespace)),
+        ("daemonset", on_docs(daemonset)),
+    ])
 
 
 if __name__ == "__main__":
