@@ -26,7 +26,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use fake_kube::FakeKube;
-use identity_sidecar::mock_aad::{self, AppRegistration, FederatedCredential, MockAadConfig};
+use identity_sidecar::mock_aad::{self, MockAadConfig};
 use node_pod::{Driver, Node, PodNs, PodSpec};
 
 const TENANT: &str = mock_aad::DEFAULT_TENANT_ID;
@@ -213,14 +213,7 @@ fn main() {
         .expect("runtime");
     let kube = rt.block_on(FakeKube::start());
     let apps = (0..a.pods)
-        .map(|i| AppRegistration {
-            tenant_id: TENANT.into(),
-            client_id: client_id(i),
-            object_id: None,
-            client_secret: None,
-            federated_credentials: vec![FederatedCredential::self_issued(subject(i))],
-            roles: Vec::new(),
-        })
+        .map(|i| node_pod::mock_app(TENANT, &client_id(i), &subject(i)))
         .collect();
     let mock = rt
         .block_on(mock_aad::start(MockAadConfig {

@@ -136,11 +136,7 @@ async fn accept_loop(
     limit: Arc<Semaphore>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let mut http = hyper::server::conn::http1::Builder::new();
-    http.timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT)
-        .max_buf_size(MAX_HEAD_BYTES)
-        .keep_alive(true);
+    let http = http1();
     loop {
         let permit = tokio::select! {
             p = Arc::clone(&limit).acquire_owned() => match p { Ok(p) => p, Err(_) => return },
@@ -188,11 +184,7 @@ pub async fn serve_pod(
     pod_uid: HeaderValue,
     mut stop: watch::Receiver<bool>,
 ) {
-    let mut http = hyper::server::conn::http1::Builder::new();
-    http.timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT)
-        .max_buf_size(MAX_HEAD_BYTES)
-        .keep_alive(true);
+    let http = http1();
     let mut conns = tokio::task::JoinSet::new();
     loop {
         let stream = tokio::select! {
@@ -233,6 +225,16 @@ pub async fn serve_pod(
             let _ = conn.await;
         });
     }
+}
+
+/// The HTTP/1.1 connection settings of every listener: the limits at the top of this file.
+fn http1() -> hyper::server::conn::http1::Builder {
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .max_buf_size(MAX_HEAD_BYTES)
+        .keep_alive(true);
+    http
 }
 
 /// Resolves once shutdown has been requested (or the sender is gone).

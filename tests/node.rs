@@ -21,9 +21,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use fake_kube::FakeKube;
-use identity_sidecar::mock_aad::{
-    self, AppRegistration, FederatedCredential, FederatedTokenWriter, MockAad, MockAadConfig,
-};
+use identity_sidecar::mock_aad::{self, FederatedTokenWriter, MockAad, MockAadConfig};
 use node_pod::{Driver, Node, PodNs, PodSpec, node_serves_imds, token_claims};
 
 const AGENT: &str = env!("CARGO_BIN_EXE_identity-sidecar-node");
@@ -101,14 +99,7 @@ impl Harness {
             .build()
             .expect("runtime");
         let kube = rt.block_on(FakeKube::start());
-        let app = |client: &str, sa: &str| AppRegistration {
-            tenant_id: TENANT.into(),
-            client_id: client.into(),
-            object_id: None,
-            client_secret: None,
-            federated_credentials: vec![FederatedCredential::self_issued(subject(sa))],
-            roles: Vec::new(),
-        };
+        let app = |client: &str, sa: &str| node_pod::mock_app(TENANT, client, &subject(sa));
         let mock = rt
             .block_on(mock_aad::start(MockAadConfig {
                 plain_http: true,
@@ -282,32 +273,9 @@ fn two_pods_get_only_their_own_identity_through_the_python_sdk() {
         served(&a) && served(&b)
     });
     let mut tokens = Vec::new();
-    let python = support::sdk::cache().join("py/bin/python");
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/sdk/mi_client.py");
     for (pod, want) in [(&a, CLIENT_A), (&b, CLIENT_B)] {
         // ManagedIdentityCredential() with no environment at all: the SDK goes to IMDS.
-        let out = Command::new("ip")
-            .args(["netns", "exec", pod.ns()])
-            .arg(&python)
-            .arg(&script)
-            .args(["azure-identity", VAULT])
-            .env_clear()
-            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-            .env("HOME", std::env::var_os("HOME").unwrap_or_default())
-            .output()
-            .expect("python");
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        let line = stdout
-            .lines()
-            .rev()
-            .find(|l| l.starts_with('{'))
-            .unwrap_or("");
-        let v: serde_json::Value = serde_json::from_str(line).unwrap_or_else(|_| {
-            panic!(
-                "SDK printed no JSON: {stdout} {}",
-                String::from_utf8_lossy(&out.stderr)
-            )
-        });
+        let v = support::sdk::python_mi_in_netns(pod.ns(), "azure-identity", VAULT);
         assert_eq!(v["ok"], true, "{v} / agent: {}", agent.logs());
         let token = v["token"].as_str().expect("token");
         assert_eq!(

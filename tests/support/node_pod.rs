@@ -20,6 +20,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use identity_sidecar::mock_aad::{AppRegistration, FederatedCredential};
 use serde_json::{Value, json};
 
 pub const IMDS: &str = "169.254.169.254:80";
@@ -218,29 +219,8 @@ impl PodNs {
         ok(Command::new("ip").args(["-n", &ns, "addr", "add", &format!("{ip}/24"), "dev", "eth0"]));
         ok(Command::new("ip").args(["-n", &ns, "link", "set", "eth0", "up"]));
         ok(Command::new("ip").args(["-n", &ns, "link", "set", "eth0p", "up"]));
-        let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", &ns]);
-        if let Some(u) = user {
-            let id = u.to_string();
-            cmd.args(["setpriv", "--reuid", &id, "--regid", &id, "--clear-groups"]);
-        }
-        let child = cmd
-            .args(["sleep", "900"])
-            .stdin(Stdio::null())
-            .spawn()
-            .expect("sleep in the namespace");
-        // `ip netns exec` execs sleep in the same process once it has entered the namespace.
-        let target = netns_id(Path::new(&format!("/run/netns/{ns}")));
-        let pid = child.id();
-        let until = std::time::Instant::now() + Duration::from_secs(10);
-        while netns_id(Path::new(&format!("/proc/{pid}/ns/net"))) != target {
-            assert!(
-                std::time::Instant::now() < until,
-                "sleep never entered {ns}"
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        let placement = node.place(pid, uid, driver, &unique("c"));
+        let child = sleep_in(&ns, user);
+        let placement = node.place(child.id(), uid, driver, &unique("c"));
         std::mem::forget(guard);
         PodNs {
             ns: Some(ns),
@@ -274,22 +254,8 @@ impl PodNs {
     /// namespace shared by two pods, or one pod's processes in two namespaces).
     pub fn join(node: &Node, uid: &str, driver: Driver, other: &PodNs) -> PodNs {
         let ns = other.ns().to_string();
-        let child = Command::new("ip")
-            .args(["netns", "exec", &ns, "sleep", "900"])
-            .stdin(Stdio::null())
-            .spawn()
-            .expect("sleep in the namespace");
-        let target = netns_id(Path::new(&format!("/run/netns/{ns}")));
-        let pid = child.id();
-        let until = std::time::Instant::now() + Duration::from_secs(10);
-        while netns_id(Path::new(&format!("/proc/{pid}/ns/net"))) != target {
-            assert!(
-                std::time::Instant::now() < until,
-                "sleep never entered {ns}"
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        let placement = node.place(pid, uid, driver, &unique("c"));
+        let child = sleep_in(&ns, None);
+        let placement = node.place(child.id(), uid, driver, &unique("c"));
         PodNs {
             ns: Some(ns),
             uid: uid.to_string(),
@@ -377,6 +343,33 @@ impl Drop for PodNs {
             let _ = sh(Command::new("ip").args(["netns", "del", ns]));
         }
     }
+}
+
+/// A `sleep` in namespace `ns` (as `user`, uid and gid, when given), returned once it is in it:
+/// `ip netns exec` execs it in the same process after entering the namespace.
+fn sleep_in(ns: &str, user: Option<u32>) -> Child {
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", ns]);
+    if let Some(u) = user {
+        let id = u.to_string();
+        cmd.args(["setpriv", "--reuid", &id, "--regid", &id, "--clear-groups"]);
+    }
+    let child = cmd
+        .args(["sleep", "900"])
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("sleep in the namespace");
+    let target = netns_id(Path::new(&format!("/run/netns/{ns}")));
+    let pid = child.id();
+    let until = std::time::Instant::now() + Duration::from_secs(10);
+    while netns_id(Path::new(&format!("/proc/{pid}/ns/net"))) != target {
+        assert!(
+            std::time::Instant::now() < until,
+            "sleep never entered {ns}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    child
 }
 
 /// Deletes a namespace when a `PodNs` fails half-built.
@@ -549,6 +542,19 @@ impl PodSpec {
             v["metadata"]["deletionTimestamp"] = json!("2026-12-01T00:00:00Z");
         }
         v
+    }
+}
+
+/// An app registration of the mock Entra ID in `tenant` that trusts the mock's own issuer for
+/// `subject` (a ServiceAccount's `system:serviceaccount:NS:NAME`).
+pub fn mock_app(tenant: &str, client_id: &str, subject: &str) -> AppRegistration {
+    AppRegistration {
+        tenant_id: tenant.into(),
+        client_id: client_id.into(),
+        object_id: None,
+        client_secret: None,
+        federated_credentials: vec![FederatedCredential::self_issued(subject)],
+        roles: Vec::new(),
     }
 }
 
