@@ -130,6 +130,25 @@ ENTRYPOINT ["/usr/local/bin/identity-sidecar-webhook"]
 CMD ["serve"]
 
 # Last, so it stays the default target.
+# The node agent of node mode (manifests/node): root with the capabilities its DaemonSet adds.
+FROM ${RUNTIME_BASE} AS node
+COPY --from=builder /out/etc/ssl/certs/ca-certificates.crt /etc/ssl/certs/ca-certificates.crt
+COPY --from=builder /out/identity-sidecar-node /usr/local/bin/identity-sidecar-node
+COPY --from=builder /out/identity-sidecar-node.cdx.json \
+     /usr/share/doc/identity-sidecar-node/sbom.cdx.json
+ARG VCS_REF
+ARG CREATED
+ARG VERSION
+ARG IMAGE_SOURCE
+LABEL org.opencontainers.image.title="identity-sidecar-node" \
+      org.opencontainers.image.source="${IMAGE_SOURCE}" \
+      org.opencontainers.image.revision="${VCS_REF}" \
+      org.opencontainers.image.version="${VERSION}" \
+      org.opencontainers.image.created="${CREATED}" \
+      org.opencontainers.image.licenses="MIT OR Apache-2.0"
+USER 0:0
+ENTRYPOINT ["/usr/local/bin/identity-sidecar-node"]
+
 FROM ${RUNTIME_BASE} AS runtime
 COPY --from=builder /out/etc/ssl/certs/ca-certificates.crt /etc/ssl/certs/ca-certificates.crt
 COPY --from=builder /out/identity-sidecar /usr/local/bin/identity-sidecar

@@ -1,5 +1,5 @@
 //! The release artifacts a security review checks, built for real by `scripts/build-static`
-//! (the script the Dockerfile runs): both static binaries and their CycloneDX SBOMs.
+//! (the script the Dockerfile runs): the static binaries and their CycloneDX SBOMs.
 //!
 //! - the dependency list `cargo auditable` embedded in each binary, read back with
 //!   `auditable-info`, is exactly the production feature set's resolution of Cargo.lock as
@@ -11,7 +11,7 @@
 //! - each SBOM validates against the CycloneDX 1.5 JSON schema (vendored in tests/sbom/schema,
 //!   checked by the `jsonschema` package), lists the same crates as the embedded list, and is
 //!   dated by the commit, with no random serial number (so it is reproducible);
-//! - `--version` of both binaries names the version, the commit and the commit's date.
+//! - `--version` of every binary names the version, the commit and the commit's date.
 //!
 //! Needs musl-tools, the musl target, cargo-auditable and cargo-cyclonedx
 //! (scripts/install-cargo-tools), git and the SBOM venv (scripts/install-sbom-tools); what is
@@ -28,9 +28,13 @@ mod system;
 
 const REPO: &str = env!("CARGO_MANIFEST_DIR");
 const TARGET: &str = "x86_64-unknown-linux-musl";
-/// scripts/build-static's feature set (its default: `webhook` plus `mimalloc`).
-const PRODUCTION_FEATURES: &str = "webhook,mimalloc";
-const BINARIES: [&str; 2] = ["identity-sidecar", "identity-sidecar-webhook"];
+/// scripts/build-static's feature set (its default: `webhook`, `node` and `mimalloc`).
+const PRODUCTION_FEATURES: &str = "webhook,node,mimalloc";
+const BINARIES: [&str; 3] = [
+    "identity-sidecar",
+    "identity-sidecar-webhook",
+    "identity-sidecar-node",
+];
 /// Crates only the mock Entra ID and `dev` use (the `mock` feature), or only aws-lc-rs brings.
 const MOCK_ONLY: [&str; 5] = [
     "jsonwebtoken",

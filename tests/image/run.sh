@@ -23,6 +23,7 @@ ns=isc-img-$id
 img=localhost/identity-sidecar-test:$id
 init_img=localhost/identity-sidecar-init-test:$id
 webhook_img=localhost/identity-sidecar-webhook-test:$id
+node_img=localhost/identity-sidecar-node-test:$id
 base_img=localhost/isc-iptables-standin:$id
 ctrs=""
 pids=""
@@ -36,7 +37,7 @@ cleanup() {
     for p in $pids; do kill "$p" 2>/dev/null; wait "$p" 2>/dev/null; done
     ip netns del "$ns" 2>/dev/null
     for c in $ctrs; do buildah umount "$c" >/dev/null 2>&1; buildah rm "$c" >/dev/null 2>&1; done
-    buildah rmi "$img" "$init_img" "$webhook_img" "$base_img" >/dev/null 2>&1
+    buildah rmi "$img" "$init_img" "$webhook_img" "$node_img" "$base_img" >/dev/null 2>&1
     if [ "$rc" != 0 ] && [ -s "$work/sidecar.log" ]; then
         echo "--- sidecar log"
         tail -n 30 "$work/sidecar.log"
@@ -212,15 +213,22 @@ esac
 say "webhook image size: $(size "$webhook_img")"
 
 # --- what a review reads from each image: OCI labels, the SBOM, --version -------------------
+say "buildah build --target node"
+build node "$node_img"
+c=$(buildah from --pull=never "$node_img")
+ctrs="$ctrs $c"
+nroot=$(buildah mount "$c")
+cmp "$nroot/usr/share/doc/identity-sidecar-node/sbom.cdx.json" \
+    "$work/builder/out/identity-sidecar-node.cdx.json" || fail "node image: SBOM missing or not the build's"
 label() { buildah inspect --type image --format "{{index .OCIv1.Config.Labels \"org.opencontainers.image.$2\"}}" "$1"; }
-for image in "$img" "$init_img" "$webhook_img"; do
+for image in "$img" "$init_img" "$webhook_img" "$node_img"; do
     for kv in "source=$source_url" "revision=$commit" "version=$version" \
         "licenses=MIT OR Apache-2.0" "created=$created"; do
         got=$(label "$image" "${kv%%=*}")
         [ "$got" = "${kv#*=}" ] || fail "$image: label org.opencontainers.image.${kv%%=*} is '$got', want '${kv#*=}'"
     done
 done
-say "OCI labels on all three images: revision $commit, version $version, created $created"
+say "OCI labels on all four images: revision $commit, version $version, created $created"
 cmp "$root/usr/share/doc/identity-sidecar/sbom.cdx.json" "$work/builder/out/identity-sidecar.cdx.json" \
     || fail "runtime image: SBOM missing or not the build's"
 cmp "$init_root/usr/share/doc/identity-sidecar/sbom.cdx.json" "$work/builder/out/identity-sidecar.cdx.json" \
@@ -233,6 +241,8 @@ v=$(env -i "$(command -v chroot)" --userspec="$user" "$root" /usr/local/bin/iden
 [ "$v" = "identity-sidecar $want_version" ] || fail "runtime image --version: '$v', want 'identity-sidecar $want_version'"
 [ "$out" = "identity-sidecar-webhook $want_version" ] \
     || fail "webhook image --version: '$out', want 'identity-sidecar-webhook $want_version'"
+nv=$(env -i "$(command -v chroot)" "$nroot" /usr/local/bin/identity-sidecar-node --version)
+[ "$nv" = "identity-sidecar-node $want_version" ] || fail "node image --version: '$nv', want 'identity-sidecar-node $want_version'"
 say "--version: $v"
 
 say "runtime image size: $runtime_size"
