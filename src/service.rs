@@ -14,17 +14,37 @@ use http_body_util::{BodyExt as _, Full, Limited};
 use hyper::body::Incoming;
 
 use crate::config::{Policy, ServeConfig};
-use crate::core::TokenService;
 use crate::core::cache::{CachedToken, Lookup};
-use crate::core::entra::EntraClient;
+use crate::core::entra::{EntraCall, EntraClient, EntraError};
 use crate::core::federated::TokenSource;
+use crate::core::{TokenError, TokenService};
 use crate::protocol::{
     Flavor, FlavorName, HttpError, MAX_FORM_BODY, Params, Query, Shape, TokenRequest, app_service,
     imds,
 };
-use crate::telemetry::access_log;
-use crate::telemetry::metrics::Metrics;
+use crate::telemetry::caller::Connection;
+use crate::telemetry::metrics::{FederatedState, Metrics, TokenState};
 use crate::telemetry::summary::{self, Summary};
+use crate::telemetry::{access_log, audit};
+
+/// Longest `x-ms-client-request-id` copied into an audit line (SDKs send a 36-character GUID).
+const MAX_APP_REQUEST_ID: usize = 128;
+
+/// The request a token answer is for, as its log lines need it.
+struct Ctx<'a> {
+    headers: &'a http::HeaderMap,
+    conn: &'a Connection,
+    started: Instant,
+}
+
+/// How the token core answered one request, as its log lines need it.
+struct Outcome<'a> {
+    result: Result<&'a CachedToken, &'a HttpError>,
+    /// `None`: refused before it reached the cache.
+    lookup: Option<Lookup>,
+    call: Option<&'a EntraCall>,
+    entra_error_codes: &'a [i64],
+}
 
 /// Largest request body forwarded with `--imds-passthrough`.
 const MAX_PASSTHROUGH_BODY: usize = 64 * 1024;
@@ -43,6 +63,8 @@ pub struct Service {
     token_proxy: Option<String>,
     /// `--access-log`: a line per token request at info (otherwise only at debug).
     access_log: bool,
+    /// `--audit-log`: a JSON audit line per token request.
+    audit_log: bool,
     summary: Arc<Summary>,
     answers: Answers,
     watch: tokio::task::JoinHandle<()>,
@@ -62,7 +84,9 @@ impl Service {
     /// Builds the request path and starts its background work (the token file's watch and the
     /// cache's refresher) on the current Tokio runtime.
     pub fn build(cfg: &ServeConfig) -> Result<Arc<Service>, String> {
-        let metrics = Arc::new(Metrics::new());
+        let metrics = Arc::new(Metrics::with_resource_rules(
+            cfg.policy.allowed_resources.clone(),
+        ));
         let source = TokenSource::new(&cfg.token_file);
         let entra = EntraClient::new(
             &cfg.authority,
@@ -96,6 +120,7 @@ impl Service {
             metrics,
             passthrough,
             access_log: cfg.access_log,
+            audit_log: cfg.audit_log,
             summary,
             answers: Answers::default(),
             watch,
@@ -109,13 +134,20 @@ impl Service {
 
     /// A token request in flavor `F`: method, parameters (the query, or the form body of a
     /// [`Params::Form`] flavor), version, request and identity checks, then the token core, then
-    /// `F`'s rendering; one access-log line whatever happens.
+    /// `F`'s rendering; one access-log line (and with `--audit-log` one audit line) whatever
+    /// happens.
     pub async fn token<F: Flavor>(
         &self,
         req: Request<Incoming>,
         started: Instant,
+        conn: &Connection,
     ) -> Response<Body> {
         let (head, body) = req.into_parts();
+        let ctx = Ctx {
+            headers: &head.headers,
+            conn,
+            started,
+        };
         let form = match (F::PARAMS, &head.method) {
             (Params::Query, m) if m != Method::GET => Err(method_not_allowed_error(F::ALLOW)),
             (Params::Form, m) if m != Method::POST => Err(method_not_allowed_error(F::ALLOW)),
@@ -127,7 +159,7 @@ impl Service {
         };
         let form = match form {
             Ok(f) => f,
-            Err(e) => return self.refused::<F>(F::NAME, &e, started),
+            Err(e) => return self.refused::<F>(F::NAME, &e, &ctx),
         };
         let raw = match &form {
             Some(f) => Some(f.as_str()),
@@ -135,7 +167,7 @@ impl Service {
         };
         let params = match Query::parse(raw) {
             Ok(q) => q,
-            Err(e) => return self.refused::<F>(F::NAME, &e, started),
+            Err(e) => return self.refused::<F>(F::NAME, &e, &ctx),
         };
         let parsed = match F::version(&params) {
             Err(e) => Err((F::NAME, e)),
@@ -146,19 +178,37 @@ impl Service {
         };
         let (version, treq) = match parsed {
             Ok(p) => p,
-            Err((name, e)) => return self.refused::<F>(name, &e, started),
+            Err((name, e)) => return self.refused::<F>(name, &e, &ctx),
         };
-        match self.tokens.token(treq.client_id, &treq.resource).await {
-            Ok((t, how)) => {
+        let served = self.tokens.token(treq.client_id, &treq.resource).await;
+        let call = served.call.as_deref();
+        match &served.result {
+            Ok(t) => {
                 let shape = F::shape(version, &head.headers, &self.policy);
-                let resp = json(StatusCode::OK, self.answers.get(shape, &t, &treq));
-                self.finished(F::name(version), Some(&treq), &resp, Ok(how), started);
+                let resp = json(StatusCode::OK, self.answers.get(shape, t, &treq));
+                let outcome = Outcome {
+                    result: Ok(t),
+                    lookup: Some(served.lookup),
+                    call,
+                    entra_error_codes: &[],
+                };
+                self.finished(F::name(version), Some(&treq), &resp, &outcome, &ctx);
                 resp
             }
             Err(e) => {
-                let e = HttpError::from_token_error(&e);
+                let codes = match e {
+                    TokenError::Entra(EntraError::Rejected { codes, .. }) => codes.as_slice(),
+                    _ => &[],
+                };
+                let e = HttpError::from_token_error(e);
                 let resp = flavor_error::<F>(&e);
-                self.finished(F::name(version), Some(&treq), &resp, Err(&e), started);
+                let outcome = Outcome {
+                    result: Err(&e),
+                    lookup: Some(served.lookup),
+                    call,
+                    entra_error_codes: codes,
+                };
+                self.finished(F::name(version), Some(&treq), &resp, &outcome, &ctx);
                 resp
             }
         }
@@ -169,22 +219,29 @@ impl Service {
         &self,
         flavor: FlavorName,
         e: &HttpError,
-        started: Instant,
+        ctx: &Ctx<'_>,
     ) -> Response<Body> {
         let resp = flavor_error::<F>(e);
-        self.finished(flavor, None, &resp, Err(e), started);
+        let outcome = Outcome {
+            result: Err(e),
+            lookup: None,
+            call: None,
+            entra_error_codes: &[],
+        };
+        self.finished(flavor, None, &resp, &outcome, ctx);
         resp
     }
 
     /// What every token request leaves behind: its count in the summary, its access-log line
-    /// (`--access-log` or debug), and for an error answer an info line saying why.
+    /// (`--access-log` or debug), its audit line (`--audit-log`), and for an error answer an
+    /// info line saying why.
     fn finished(
         &self,
         flavor: FlavorName,
         req: Option<&TokenRequest<'_>>,
         resp: &Response<Body>,
-        outcome: Result<Lookup, &HttpError>,
-        started: Instant,
+        outcome: &Outcome<'_>,
+        ctx: &Ctx<'_>,
     ) {
         let protocol = match flavor {
             FlavorName::Imds => summary::Protocol::Imds,
@@ -192,13 +249,13 @@ impl Service {
         };
         self.summary.record(
             protocol,
-            match outcome {
-                Ok(Lookup::Hit) => summary::Outcome::Hit,
-                Ok(Lookup::Miss) => summary::Outcome::Miss,
-                Err(_) => summary::Outcome::Error,
+            match (outcome.result, outcome.lookup) {
+                (Ok(_), Some(Lookup::Hit)) => summary::Outcome::Hit,
+                (Ok(_), _) => summary::Outcome::Miss,
+                (Err(_), _) => summary::Outcome::Error,
             },
         );
-        if let Err(e) = outcome {
+        if let Err(e) = outcome.result {
             // Request input (resource) and error text are written with Debug: quoted and
             // escaped, so a crafted value cannot forge a line.
             tracing::info!(
@@ -216,13 +273,34 @@ impl Service {
             client_id: req.map_or("-", |r| r.client_id),
             resource: req.map_or("-", |r| &r.resource),
             status: resp.status().as_u16(),
-            latency_ms: started.elapsed().as_secs_f64() * 1000.0,
-            cache: match outcome {
-                Ok(Lookup::Hit) => "hit",
-                Ok(Lookup::Miss) => "miss",
-                Err(_) => "-",
+            latency_ms: ctx.started.elapsed().as_secs_f64() * 1000.0,
+            cache: match (outcome.result, outcome.lookup) {
+                (Ok(_), Some(l)) => l.as_str(),
+                _ => "-",
             },
         });
+        if self.audit_log {
+            let app_request_id = ctx
+                .headers
+                .get("x-ms-client-request-id")
+                .and_then(|v| v.to_str().ok())
+                .map(|v| &v[..v.len().min(MAX_APP_REQUEST_ID)]);
+            audit::record(&audit::Entry {
+                flavor: flavor.as_str(),
+                client_id: req.map(|r| r.client_id),
+                resource: req.map(|r| &*r.resource),
+                status: resp.status().as_u16(),
+                error: outcome.result.err().map(|e| e.error.as_ref()),
+                entra_error_codes: outcome.entra_error_codes,
+                cache: outcome.lookup.map_or("none", Lookup::as_str),
+                latency_ms: ctx.started.elapsed().as_secs_f64() * 1000.0,
+                entra: outcome.call,
+                token_sha256: outcome.result.ok().map(|t| &*t.fingerprint),
+                app_request_id,
+                peer: ctx.conn.peer,
+                caller: ctx.conn.caller(),
+            });
+        }
     }
 
     /// `/healthz`: the process answers.
@@ -261,13 +339,21 @@ impl Service {
         if let Some(refused) = only_get(req) {
             return refused;
         }
-        let left = self
-            .tokens
-            .source()
-            .current()
-            .ok()
-            .map(|t| t.seconds_left());
-        let text = self.metrics.render(left);
+        let federated = self.tokens.source().current().ok().map(|t| FederatedState {
+            seconds_left: t.seconds_left(),
+            expires_at: t.claims.exp,
+            issued_at: t.claims.iat,
+        });
+        let tokens = self.tokens.cached_tokens();
+        let text = self.metrics.render(
+            federated,
+            tokens.iter().map(|(client_id, scope, t)| TokenState {
+                client_id,
+                scope,
+                expires_on: t.expires_on,
+                received_at: t.not_before,
+            }),
+        );
         let mut r = Response::new(Full::new(Bytes::from(text)));
         r.headers_mut().insert(
             header::CONTENT_TYPE,
@@ -287,6 +373,20 @@ impl Service {
                     imds::PATH,
                     app_service::PATH
                 ),
+                retry_after: None,
+            },
+            imds::render_error,
+        )
+    }
+
+    /// Anything but health, readiness and metrics on the admin listener: a plain 404 that names
+    /// what is served there and nothing of the token endpoints.
+    pub fn admin_not_found(&self) -> Response<Body> {
+        error_response(
+            &HttpError {
+                status: StatusCode::NOT_FOUND,
+                error: "not_found".into(),
+                description: "The admin listener serves only /metrics, /healthz and /readyz".into(),
                 retry_after: None,
             },
             imds::render_error,

@@ -5,6 +5,8 @@
 pub mod connect_proxy;
 pub mod fake_entra;
 pub mod mock_sdk;
+#[cfg(feature = "mock")]
+pub mod mock_serve;
 pub mod sdk;
 pub mod system;
 pub mod token_proxy;
@@ -130,6 +132,11 @@ impl Sidecar {
 
     pub fn url(&self, path_and_query: &str) -> String {
         format!("http://{}{}", self.addr, path_and_query)
+    }
+
+    /// The admin listener's address (`admin_listen` in the arguments).
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.running.as_ref().and_then(Running::admin_addr)
     }
 
     pub async fn imds(&self, query: &str) -> reqwest::Response {
