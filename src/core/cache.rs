@@ -301,16 +301,20 @@ impl TokenCache {
         }
     }
 
-    /// Every key that holds a token, with it (for the metrics a scrape computes).
+    /// Every key in use (asked for within its token's lifetime, so the refresher keeps it
+    /// fresh) with its token, for the metrics a scrape computes. A key nobody asks for is left
+    /// out: its token is let run down on purpose, which is no reason to alert.
     pub fn tokens(&self) -> Vec<(Arc<str>, Arc<str>, Arc<CachedToken>)> {
+        let now = Instant::now();
         self.inner
             .read_map()
             .values()
             .flat_map(|m| m.values())
             .filter_map(|e| {
-                e.token
-                    .load_full()
-                    .map(|t| (Arc::clone(&e.client_id), Arc::clone(&e.scope), t))
+                let t = e.token.load_full()?;
+                let last_used = self.inner.instant(e.last_used.load(Ordering::Relaxed));
+                (now.saturating_duration_since(last_used) < t.lifetime)
+                    .then(|| (Arc::clone(&e.client_id), Arc::clone(&e.scope), t))
             })
             .collect()
     }
@@ -677,6 +681,19 @@ mod tests {
         let (second, how) = cache.get("a", "s").await.expect("token");
         assert_eq!(how, Lookup::Hit);
         assert_ne!(token_text(&first), token_text(&second));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn only_keys_in_use_are_listed_for_the_metrics() {
+        let s = stub(10, 0);
+        let cache = TokenCache::new(s.clone(), 16, Arc::new(Metrics::new()));
+        cache.get("a", "s").await.expect("token");
+        assert_eq!(cache.tokens().len(), 1);
+        // The refresher renews it once at half-life; a lifetime after the last request the key
+        // is idle: still cached, no longer listed.
+        tokio::time::sleep(Duration::from_millis(10_500)).await;
+        assert!(!cache.is_empty());
+        assert!(cache.tokens().is_empty());
     }
 
     #[tokio::test(start_paused = true)]
