@@ -132,6 +132,16 @@ pub enum EntraOutcome {
 }
 
 impl EntraOutcome {
+    const ALL: [EntraOutcome; 7] = [
+        EntraOutcome::Success,
+        EntraOutcome::Rejected,
+        EntraOutcome::Throttled,
+        EntraOutcome::ServerError,
+        EntraOutcome::Timeout,
+        EntraOutcome::ConnectError,
+        EntraOutcome::BadResponse,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             EntraOutcome::Success => "success",
@@ -261,6 +271,12 @@ impl Metrics {
             cache_misses.clone(),
         );
         let entra_calls = Family::<OutcomeLabels, Counter>::default();
+        // Every outcome from the start, so an error ratio has its series before the first error.
+        for outcome in EntraOutcome::ALL {
+            let _ = entra_calls.get_or_create(&OutcomeLabels {
+                outcome: outcome.as_str(),
+            });
+        }
         registry.register(
             "entra_requests",
             "Calls to the Entra ID token endpoint, by outcome",

@@ -102,12 +102,18 @@ impl Metrics {
             latency.clone(),
         );
         let lookups = Family::<Outcome, Counter>::default();
+        for outcome in ["cached", "fetched", "error"] {
+            let _ = lookups.get_or_create(&Outcome { outcome });
+        }
         registry.register(
             "serviceaccount_lookups",
             "ServiceAccount lookups, by result (cached, fetched, error)",
             lookups.clone(),
         );
         let reloads = Family::<Outcome, Counter>::default();
+        for outcome in ["swapped", "kept_old"] {
+            let _ = reloads.get_or_create(&Outcome { outcome });
+        }
         registry.register(
             "certificate_reloads",
             "Serving-certificate changes seen, by result (swapped, kept_old)",
