@@ -8,6 +8,7 @@ use std::time::Duration;
 use reqwest::Url;
 
 use crate::core::egress::EgressProxy;
+use crate::core::entra::Outbound;
 use crate::core::secret::Secret;
 use crate::core::token_proxy::TokenProxyConfig;
 use crate::protocol::user_agent::ExpiresOnMode;
@@ -59,6 +60,17 @@ pub struct ServeConfig {
     pub egress: EgressProxy,
     /// AKS identity bindings: the token proxy the token request goes to instead of the authority.
     pub token_proxy: Option<TokenProxyConfig>,
+}
+
+impl ServeConfig {
+    /// How the token request leaves the pod: extra CAs, egress proxy, identity-binding proxy.
+    pub fn outbound(&self) -> Outbound<'_> {
+        Outbound {
+            extra_ca_files: &self.extra_ca_files,
+            egress: &self.egress,
+            token_proxy: self.token_proxy.as_ref(),
+        }
+    }
 }
 
 /// Where to listen.

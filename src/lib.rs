@@ -2,6 +2,8 @@
 //! token, so software that only knows managed identity works unmodified in a Kubernetes pod.
 //!
 //! Read it top down:
+//! - `ca`: a throw-away certificate authority (the mock's HTTPS, the webhook's `certs`);
+//! - [`cli`]: the command-line frame both binaries share;
 //! - [`cmd`]: one file per subcommand (`serve`, `dev`, `doctor`, `token`, `probe`,
 //!   `init-network`, `mock-aad`), each with its own flags;
 //! - [`config`]: the validated settings `serve` runs on; [`cloud`]: the Azure clouds by name;
@@ -14,6 +16,9 @@
 //! - [`netfilter`]: the NAT rules that send 169.254.169.254 to the sidecar (init container);
 //! - `mock_aad`: a stand-in Entra ID for local development and tests, never on the request path
 //!   of `serve`; only in builds with the `mock` feature (the default; not the image's build).
+#[cfg(any(feature = "mock", feature = "webhook"))]
+pub mod ca;
+pub mod cli;
 pub mod cloud;
 pub mod cmd;
 pub mod config;

@@ -93,7 +93,7 @@ impl Service {
             &cfg.tenant_id,
             cfg.entra_timeout,
             cfg.entra_budget,
-            crate::core::entra::Outbound::of(cfg),
+            cfg.outbound(),
             Arc::clone(&metrics),
         )?;
         let passthrough = if cfg.imds_passthrough {

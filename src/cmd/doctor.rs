@@ -182,7 +182,7 @@ async fn check_authority(r: &mut Report, cfg: &ServeConfig) {
         "{}/v2.0/.well-known/openid-configuration",
         cfg.tenant_id
     ));
-    let http = crate::core::entra::tls_config(&cfg.extra_ca_files).and_then(|tls| {
+    let http = crate::core::tls::client_config(&cfg.extra_ca_files).and_then(|tls| {
         cfg.egress
             .apply(reqwest::Client::builder())
             .use_preconfigured_tls(tls)
@@ -287,7 +287,7 @@ async fn check_token_proxy(r: &mut Report, cfg: &ServeConfig, tp: &TokenProxyCon
         },
     };
     let tls = if pem.is_empty() {
-        crate::core::entra::tls_config(&cfg.extra_ca_files)
+        crate::core::tls::client_config(&cfg.extra_ca_files)
     } else {
         crate::core::token_proxy::tls_for_ca(&pem)
     };
@@ -407,7 +407,7 @@ async fn check_exchange(r: &mut Report, cfg: &ServeConfig, token: &FederatedToke
         &cfg.tenant_id,
         cfg.entra_timeout,
         cfg.entra_timeout,
-        crate::core::entra::Outbound::of(cfg),
+        cfg.outbound(),
         Arc::new(Metrics::new()),
     ) {
         Ok(e) => e,

@@ -14,18 +14,11 @@ pub mod token;
 
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::Subcommand;
 
-#[derive(Parser, Debug)]
-#[command(
-    name = "identity-sidecar",
-    version,
-    about = "Azure managed-identity endpoints (IMDS, App Service) from a workload-identity federated token"
-)]
-pub struct Cli {
-    #[command(subcommand)]
-    pub command: Command,
-}
+/// What `identity-sidecar --help` says it is.
+const ABOUT: &str =
+    "Azure managed-identity endpoints (IMDS, App Service) from a workload-identity federated token";
 
 #[derive(Subcommand, Debug)]
 #[allow(
@@ -82,8 +75,8 @@ pub fn main() -> ExitCode {
     // The one TLS provider of the sidecar's own clients (reqwest asks for the process default
     // even for plain-http clients); the mock, in dev builds, picks aws-lc-rs explicitly.
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let cli = match Cli::try_parse() {
-        Ok(cli) => cli,
+    let command = match crate::cli::try_parse::<Command>("identity-sidecar", ABOUT) {
+        Ok(command) => command,
         Err(e) => {
             // doctor explains a malformed setting like any other failed check, with its fix.
             let doctor = std::env::args_os().nth(1).is_some_and(|a| a == "doctor");
@@ -93,7 +86,7 @@ pub fn main() -> ExitCode {
             e.exit()
         }
     };
-    match cli.command {
+    match command {
         #[cfg(feature = "mock")]
         Command::Dev(args) => dev::run(args),
         #[cfg(not(feature = "mock"))]

@@ -5,7 +5,6 @@
 //! backoff and jitter, honouring `Retry-After`, bounded both in attempts and in total time; other
 //! 4xx answers are final and carry Entra's `error`, `error_description` (with its AADSTS code) and
 //! `error_codes` back to the caller.
-use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -88,17 +87,6 @@ pub struct Outbound<'a> {
     pub token_proxy: Option<&'a TokenProxyConfig>,
 }
 
-impl<'a> Outbound<'a> {
-    /// The outbound settings of a `serve` configuration.
-    pub fn of(cfg: &'a crate::config::ServeConfig) -> Self {
-        Outbound {
-            extra_ca_files: &cfg.extra_ca_files,
-            egress: &cfg.egress,
-            token_proxy: cfg.token_proxy.as_ref(),
-        }
-    }
-}
-
 /// Connection to one authority and tenant.
 pub struct EntraClient {
     http: reqwest::Client,
@@ -128,7 +116,7 @@ impl EntraClient {
         let token_url = authority
             .join(&format!("{tenant}/oauth2/v2.0/token"))
             .map_err(|e| format!("cannot build the token URL from {authority}: {e}"))?;
-        let tls = tls_config(extra_ca_files)?;
+        let tls = super::tls::client_config(extra_ca_files)?;
         let http = egress
             .apply(reqwest::Client::builder())
             .use_preconfigured_tls(tls)
@@ -609,64 +597,6 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
         cur = c.source();
     }
     s
-}
-
-/// TLS trust: the system's roots plus the PEM bundle in `SSL_CERT_FILE` when it is set, plus
-/// `extra` bundles.
-pub fn tls_config(extra: &[std::path::PathBuf]) -> Result<rustls::ClientConfig, String> {
-    let mut roots = rustls::RootCertStore::empty();
-    for bundle in SYSTEM_BUNDLES {
-        if Path::new(bundle).is_file() {
-            add_pem_file(&mut roots, Path::new(bundle))?;
-            break;
-        }
-    }
-    if let Some(extra) = std::env::var_os("SSL_CERT_FILE").filter(|v| !v.is_empty()) {
-        let n = add_pem_file(&mut roots, Path::new(&extra))?;
-        if n == 0 {
-            return Err(format!(
-                "SSL_CERT_FILE {} holds no certificates",
-                Path::new(&extra).display()
-            ));
-        }
-    }
-    for file in extra {
-        add_pem_file(&mut roots, file)?;
-    }
-    if roots.is_empty() {
-        tracing::warn!(
-            "no trusted CA certificates found (no system bundle, no SSL_CERT_FILE): https calls will fail"
-        );
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let cfg = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| format!("TLS setup failed: {e}"))?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    Ok(cfg)
-}
-
-const SYSTEM_BUNDLES: &[&str] = &[
-    "/etc/ssl/certs/ca-certificates.crt",
-    "/etc/pki/tls/certs/ca-bundle.crt",
-    "/etc/ssl/ca-bundle.pem",
-    "/etc/pki/ca-trust/extracted/pem/tls-ca-bundle.pem",
-    "/etc/ssl/cert.pem",
-];
-
-fn add_pem_file(roots: &mut rustls::RootCertStore, path: &Path) -> Result<usize, String> {
-    use rustls_pki_types::pem::PemObject as _;
-    let certs = rustls_pki_types::CertificateDer::pem_file_iter(path)
-        .map_err(|e| format!("cannot read CA bundle {}: {e}", path.display()))?;
-    let mut n = 0;
-    for c in certs {
-        let c = c.map_err(|e| format!("CA bundle {} is not valid PEM: {e}", path.display()))?;
-        if roots.add(c).is_ok() {
-            n += 1;
-        }
-    }
-    Ok(n)
 }
 
 /// `scope` for a v1 `resource`: append `/.default` unless present, never trimming a slash

@@ -6,7 +6,9 @@
 //! - [`cache`]: per-key cache with single flight and refresh ahead;
 //! - [`backoff`]: the retry backoff both of them use;
 //! - [`jwt`]: reading a JWT's parts without verifying it;
-//! - [`secret`]: values that never reach a log.
+//! - [`secret`]: values that never reach a log;
+//! - [`tls`]: the CA trust of every outbound TLS connection;
+//! - [`egress`], [`token_proxy`]: the egress proxy and the identity-binding token proxy legs.
 pub mod backoff;
 pub mod cache;
 pub mod egress;
@@ -14,6 +16,7 @@ pub mod entra;
 pub mod federated;
 pub mod jwt;
 pub mod secret;
+pub mod tls;
 pub mod token_proxy;
 
 use std::sync::Arc;

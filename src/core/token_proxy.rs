@@ -152,7 +152,7 @@ impl TokenProxyLeg {
         });
         let builder: ClientFor = Arc::new(move |pem: &[u8]| {
             let tls = if pem.is_empty() {
-                super::entra::tls_config(&[])?
+                super::tls::client_config(&[])?
             } else {
                 tls_for_ca(pem)?
             };

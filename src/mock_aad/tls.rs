@@ -7,13 +7,10 @@
 
 use std::sync::Arc;
 
-use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
-    Issuer, KeyPair, KeyUsagePurpose,
-};
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 
 use super::MockAadError;
+use crate::ca::Authority;
 
 /// The generated CA and the rustls configuration serving the leaf it signed.
 pub(crate) struct TlsMaterial {
@@ -29,52 +26,21 @@ fn tls_err(what: &str, e: impl std::fmt::Display) -> MockAadError {
 
 /// Makes a CA and a server certificate for `localhost`, `127.0.0.1`, `::1` and `extra_names`.
 pub(crate) fn generate(extra_names: &[String]) -> Result<TlsMaterial, MockAadError> {
-    let now = time::OffsetDateTime::now_utc();
-
-    let mut ca_params =
-        CertificateParams::new(Vec::<String>::new()).map_err(|e| tls_err("CA parameters", e))?;
-    let mut ca_name = DistinguishedName::new();
-    ca_name.push(
-        DnType::CommonName,
+    let ca = Authority::new(
         "identity-sidecar mock-aad test CA (not an identity provider)",
-    );
-    ca_params.distinguished_name = ca_name;
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-    ca_params.key_usages = vec![
-        KeyUsagePurpose::KeyCertSign,
-        KeyUsagePurpose::CrlSign,
-        KeyUsagePurpose::DigitalSignature,
-    ];
-    ca_params.not_before = now - time::Duration::hours(1);
-    ca_params.not_after = now + time::Duration::days(30);
-    let ca_key = KeyPair::generate().map_err(|e| tls_err("CA key", e))?;
-    let ca_cert = ca_params
-        .self_signed(&ca_key)
-        .map_err(|e| tls_err("CA certificate", e))?;
-    let issuer = Issuer::new(ca_params, ca_key);
-
+        30,
+    )
+    .map_err(MockAadError::Tls)?;
     let mut names: Vec<String> = vec!["localhost".into(), "127.0.0.1".into(), "::1".into()];
     for name in extra_names {
         if !names.contains(name) {
             names.push(name.clone());
         }
     }
-    let mut leaf_params =
-        CertificateParams::new(names).map_err(|e| tls_err("server certificate names", e))?;
-    let mut leaf_name = DistinguishedName::new();
-    leaf_name.push(DnType::CommonName, "localhost");
-    leaf_params.distinguished_name = leaf_name;
-    leaf_params.is_ca = IsCa::NoCa;
-    leaf_params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-    leaf_params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-    leaf_params.use_authority_key_identifier_extension = true;
-    leaf_params.not_before = now - time::Duration::hours(1);
-    leaf_params.not_after = now + time::Duration::days(30);
-    let leaf_key = KeyPair::generate().map_err(|e| tls_err("server key", e))?;
-    let leaf = leaf_params
-        .signed_by(&leaf_key, &issuer)
-        .map_err(|e| tls_err("server certificate", e))?;
-
+    let leaf = ca
+        .sign_server(names, "localhost", 30)
+        .map_err(MockAadError::Tls)?;
+    let (ca_cert, leaf_key, leaf) = (ca.cert(), leaf.key, leaf.cert);
     let chain: Vec<CertificateDer<'static>> = vec![leaf.der().clone(), ca_cert.der().clone()];
     let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(leaf_key.serialize_der()));
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());

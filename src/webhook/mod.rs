@@ -24,23 +24,15 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::{Parser, Subcommand};
+use clap::Subcommand;
 
 use patch::{Resources, Settings, SidecarMode};
 
 /// Exit code for configuration mistakes (as `identity-sidecar serve`).
 pub const EXIT_CONFIG: u8 = 2;
 
-#[derive(Parser, Debug)]
-#[command(
-    name = "identity-sidecar-webhook",
-    version,
-    about = "Mutating admission webhook that injects identity-sidecar into labelled pods"
-)]
-pub struct Cli {
-    #[command(subcommand)]
-    pub command: Command,
-}
+/// What `identity-sidecar-webhook --help` says it is.
+const ABOUT: &str = "Mutating admission webhook that injects identity-sidecar into labelled pods";
 
 #[derive(Subcommand, Debug)]
 #[allow(
@@ -302,7 +294,9 @@ pub fn main() -> ExitCode {
     // One crypto provider for every TLS user in the process (the Kubernetes API client, the
     // listener), as the sidecar does.
     let _ = rustls::crypto::ring::default_provider().install_default();
-    match Cli::parse().command {
+    let command = crate::cli::try_parse::<Command>("identity-sidecar-webhook", ABOUT)
+        .unwrap_or_else(|e| e.exit());
+    match command {
         Command::Serve(args) => serve(args),
         Command::Certs(args) => certs(&args),
     }

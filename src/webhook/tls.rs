@@ -12,14 +12,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
-    Issuer, KeyPair, KeyUsagePurpose,
-};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use rustls_pki_types::pem::PemObject as _;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+
+use crate::ca::Authority;
 
 /// How often the files are compared with what is loaded.
 pub const RELOAD_INTERVAL: Duration = Duration::from_secs(1);
@@ -143,45 +141,10 @@ pub struct Generated {
 
 /// Makes a CA (ECDSA P-256) and a serving certificate for `dns_names`, valid for `days`.
 pub fn generate(dns_names: &[String], days: i64) -> Result<Generated, String> {
-    let e = |what: &str, err: rcgen::Error| format!("{what}: {err}");
-    let now = time::OffsetDateTime::now_utc();
-    let mut ca = CertificateParams::new(Vec::<String>::new()).map_err(|x| e("CA parameters", x))?;
-    let mut dn = DistinguishedName::new();
-    dn.push(DnType::CommonName, "identity-sidecar webhook CA");
-    ca.distinguished_name = dn;
-    ca.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-    ca.key_usages = vec![
-        KeyUsagePurpose::KeyCertSign,
-        KeyUsagePurpose::CrlSign,
-        KeyUsagePurpose::DigitalSignature,
-    ];
-    ca.not_before = now - time::Duration::hours(1);
-    ca.not_after = now + time::Duration::days(days);
-    let ca_key = KeyPair::generate().map_err(|x| e("CA key", x))?;
-    let ca_cert = ca
-        .self_signed(&ca_key)
-        .map_err(|x| e("CA certificate", x))?;
-    let issuer = Issuer::new(ca, ca_key);
-
-    let mut leaf =
-        CertificateParams::new(dns_names.to_vec()).map_err(|x| e("certificate names", x))?;
-    let mut dn = DistinguishedName::new();
-    dn.push(
-        DnType::CommonName,
-        dns_names.first().cloned().unwrap_or_default(),
-    );
-    leaf.distinguished_name = dn;
-    leaf.is_ca = IsCa::NoCa;
-    // ECDSA: signing only (KeyEncipherment is for RSA key transport).
-    leaf.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-    leaf.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-    leaf.use_authority_key_identifier_extension = true;
-    leaf.not_before = now - time::Duration::hours(1);
-    leaf.not_after = now + time::Duration::days(days);
-    let key = KeyPair::generate().map_err(|x| e("key", x))?;
-    let cert = leaf
-        .signed_by(&key, &issuer)
-        .map_err(|x| e("certificate", x))?;
+    let ca = Authority::new("identity-sidecar webhook CA", days)?;
+    let common_name = dns_names.first().cloned().unwrap_or_default();
+    let leaf = ca.sign_server(dns_names.to_vec(), &common_name, days)?;
+    let (ca_cert, cert, key) = (ca.cert(), leaf.cert, leaf.key);
     Ok(Generated {
         ca_cert: ca_cert.pem(),
         cert: cert.pem(),

@@ -1,0 +1,420 @@
+//! Building the injection: the identity resolved from the pod's and its ServiceAccount's
+//! annotations and the webhook's flags (with their validators), and the containers and volume that
+//! carry it (the sidecar, init-network, the projected federated token), plus the environment every
+//! app container is given.
+use serde_json::{Map, Value, json};
+
+use crate::webhook::names::*;
+use super::ops::extend;
+use super::pod::{annotation, display_name};
+use super::{Refusal, Resources, ServiceAccount, Settings, SidecarMode, refuse};
+
+/// Where the sidecar serves and the secret apps must send.
+#[derive(Debug, Clone)]
+pub(super) struct Endpoint {
+    pub(super) port: u16,
+    /// The `IDENTITY_HEADER` env entry of the sidecar minus its name: `{"value": ...}` for a
+    /// sidecar we injected, or a `valueFrom` someone wrote by hand.
+    pub(super) header: Map<String, Value>,
+}
+
+impl Endpoint {
+    pub(super) fn of_existing(sidecar: &Value) -> Endpoint {
+        let env = sidecar.get("env").and_then(Value::as_array);
+        let find = |name: &str| {
+            env.and_then(|e| {
+                e.iter()
+                    .find(|v| v.get("name").and_then(Value::as_str) == Some(name))
+            })
+        };
+        let port = find(ENV_LISTEN)
+            .and_then(|e| e.get("value"))
+            .and_then(Value::as_str)
+            .and_then(|l| l.split(',').next())
+            .and_then(|a| a.rsplit(':').next())
+            .and_then(|p| p.trim().parse().ok())
+            .unwrap_or(DEFAULT_PORT);
+        let mut header = find(ENV_IDENTITY_HEADER)
+            .and_then(Value::as_object)
+            .cloned()
+            .unwrap_or_default();
+        header.remove("name");
+        Endpoint { port, header }
+    }
+
+    /// What every app container gets, in this order.
+    pub(super) fn app_env(&self) -> Vec<Value> {
+        let base = format!("http://127.0.0.1:{}", self.port);
+        let token = format!("{base}/msi/token");
+        let secret = |name: &str| {
+            let mut m = self.header.clone();
+            m.insert("name".into(), Value::String(name.into()));
+            Value::Object(m)
+        };
+        let mut env = vec![json!({"name": ENV_IDENTITY_ENDPOINT, "value": token})];
+        if !self.header.is_empty() {
+            env.push(secret(ENV_IDENTITY_HEADER));
+        }
+        env.push(json!({"name": ENV_MSI_ENDPOINT, "value": token}));
+        if !self.header.is_empty() {
+            env.push(secret(ENV_MSI_SECRET));
+        }
+        env.push(json!({"name": ENV_POD_IDENTITY_AUTHORITY_HOST, "value": base}));
+        env
+    }
+}
+
+/// Everything a new sidecar needs, resolved from the pod, its ServiceAccount and the flags.
+#[derive(Debug, Clone)]
+pub(super) struct Injection {
+    pub(super) client_id: String,
+    pub(super) tenant_id: String,
+    pub(super) authority_host: String,
+    pub(super) expiration: u64,
+    pub(super) endpoint: Endpoint,
+    pub(super) header: String,
+    pub(super) image: String,
+    pub(super) init_image: String,
+    pub(super) mode: SidecarMode,
+    pub(super) intercept: bool,
+    pub(super) resources: Resources,
+    pub(super) allowed_client_ids: Option<String>,
+    pub(super) allowed_resources: Option<String>,
+}
+
+impl Injection {
+    pub(super) fn resolve(
+        pod: &Value,
+        sa: &ServiceAccount,
+        settings: &Settings,
+        header: String,
+    ) -> Result<Injection, Refusal> {
+        let pod_name = display_name(pod);
+        let sa_ref = format!("{}/{}", sa.namespace, sa.name);
+        let sa_ann = |k: &str| {
+            sa.annotations
+                .get(k)
+                .map(|v| v.trim())
+                .filter(|v| !v.is_empty())
+        };
+        let pod_ann = |k: &str| annotation(pod, k).map(str::trim).filter(|v| !v.is_empty());
+
+        // Client id: the pod's override, else the ServiceAccount (Azure Workload Identity's
+        // annotation, which its users already have).
+        let client_id = match (pod_ann(ANN_CLIENT_ID), sa_ann(AZWI_CLIENT_ID)) {
+            (Some(c), _) => checked_guid(c).ok_or_else(|| {
+                refuse(format!(
+                    "identity-sidecar: pod {pod_name}: annotation {ANN_CLIENT_ID}={c:?} is not a \
+                     client id (a GUID such as 00000000-0000-0000-0000-000000000000)"
+                ))
+            })?,
+            (None, Some(c)) => checked_guid(c).ok_or_else(|| {
+                refuse(format!(
+                    "identity-sidecar: ServiceAccount {sa_ref}: annotation {AZWI_CLIENT_ID}={c:?} \
+                     is not a client id (a GUID)"
+                ))
+            })?,
+            (None, None) if !sa.found => {
+                return Err(refuse(format!(
+                    "identity-sidecar: pod {pod_name}: ServiceAccount {sa_ref} does not exist, so \
+                     there is no client id. Create it with the annotation {AZWI_CLIENT_ID}=<client \
+                     id>, or set the pod annotation {ANN_CLIENT_ID}."
+                )));
+            }
+            (None, None) => {
+                return Err(refuse(format!(
+                    "identity-sidecar: pod {pod_name}: no client id. Add the annotation \
+                     {AZWI_CLIENT_ID}=<client id> to ServiceAccount {sa_ref} (kubectl annotate \
+                     serviceaccount -n {} {} {AZWI_CLIENT_ID}=<client id>), or set the pod \
+                     annotation {ANN_CLIENT_ID}.",
+                    sa.namespace, sa.name
+                )));
+            }
+        };
+        let tenant_id = pod_ann(ANN_TENANT_ID)
+            .or_else(|| sa_ann(AZWI_TENANT_ID))
+            .map(str::to_string)
+            .or_else(|| settings.default_tenant_id.clone())
+            .ok_or_else(|| {
+                refuse(format!(
+                    "identity-sidecar: pod {pod_name}: no tenant id. Add the annotation \
+                     {AZWI_TENANT_ID} to ServiceAccount {sa_ref}, set the pod annotation \
+                     {ANN_TENANT_ID}, or start the webhook with --tenant-id (AZURE_TENANT_ID)."
+                ))
+            })?;
+        if !valid_tenant(&tenant_id) {
+            return Err(refuse(format!(
+                "identity-sidecar: pod {pod_name}: tenant id {tenant_id:?} is neither a GUID nor \
+                 a domain name"
+            )));
+        }
+
+        // Token lifetime: the pod's annotation, else the ServiceAccount's, else one hour; the
+        // same annotation and range as Azure Workload Identity.
+        let expiration = match (
+            pod_ann(AZWI_TOKEN_EXPIRATION),
+            sa_ann(AZWI_TOKEN_EXPIRATION),
+        ) {
+            (Some(v), _) => expiration(v, &format!("pod {pod_name}"))?,
+            (None, Some(v)) => expiration(v, &format!("ServiceAccount {sa_ref}"))?,
+            (None, None) => DEFAULT_TOKEN_EXPIRATION,
+        };
+
+        let intercept = match pod_ann(ANN_MODE) {
+            None | Some("app-service") => false,
+            Some("imds-intercept") => true,
+            Some(other) => {
+                return Err(refuse(format!(
+                    "identity-sidecar: pod {pod_name}: annotation {ANN_MODE}={other:?}; expected \
+                     app-service (the default) or imds-intercept"
+                )));
+            }
+        };
+        let init_image = match (&settings.init_image, intercept) {
+            (Some(i), _) => i.clone(),
+            (None, false) => String::new(),
+            (None, true) => {
+                return Err(refuse(format!(
+                    "identity-sidecar: pod {pod_name}: annotation {ANN_MODE}=imds-intercept, but \
+                     the webhook runs without --init-image, so it cannot add init-network"
+                )));
+            }
+        };
+        let mode = match pod_ann(ANN_SIDECAR_MODE) {
+            None => settings.sidecar_mode,
+            Some(m) => SidecarMode::parse(m).ok_or_else(|| {
+                refuse(format!(
+                    "identity-sidecar: pod {pod_name}: annotation {ANN_SIDECAR_MODE}={m:?}; \
+                     expected native or classic"
+                ))
+            })?,
+        };
+        let port = match pod_ann(ANN_PORT) {
+            None => DEFAULT_PORT,
+            Some(p) => p.parse::<u16>().ok().filter(|p| *p > 0).ok_or_else(|| {
+                refuse(format!(
+                    "identity-sidecar: pod {pod_name}: annotation {ANN_PORT}={p:?} is not a TCP \
+                     port (1-65535)"
+                ))
+            })?,
+        };
+        let mut resources = settings.resources.clone();
+        for (key, slot) in [
+            (ANN_CPU_REQUEST, &mut resources.cpu_request),
+            (ANN_MEMORY_REQUEST, &mut resources.memory_request),
+            (ANN_CPU_LIMIT, &mut resources.cpu_limit),
+            (ANN_MEMORY_LIMIT, &mut resources.memory_limit),
+        ] {
+            if let Some(v) = pod_ann(key) {
+                if !is_quantity(v) {
+                    return Err(refuse(format!(
+                        "identity-sidecar: pod {pod_name}: annotation {key}={v:?} is not a \
+                         Kubernetes quantity (such as 10m, 0.5, 64Mi)"
+                    )));
+                }
+                *slot = v.to_string();
+            }
+        }
+        let allowed_client_ids = pod_ann(ANN_ALLOWED_CLIENT_IDS).map(str::to_string);
+        if let Some(list) = &allowed_client_ids
+            && let Some(bad) = list
+                .split(',')
+                .map(str::trim)
+                .find(|c| !c.is_empty() && checked_guid(c).is_none())
+        {
+            return Err(refuse(format!(
+                "identity-sidecar: pod {pod_name}: annotation {ANN_ALLOWED_CLIENT_IDS} holds \
+                 {bad:?}, which is not a client id (a GUID)"
+            )));
+        }
+        let allowed_resources = pod_ann(ANN_ALLOWED_RESOURCES).map(str::to_string);
+
+        let mut endpoint_header = Map::new();
+        endpoint_header.insert("value".into(), Value::String(header.clone()));
+        Ok(Injection {
+            client_id,
+            tenant_id,
+            authority_host: settings.authority_host.clone(),
+            expiration,
+            endpoint: Endpoint {
+                port,
+                header: endpoint_header,
+            },
+            header,
+            image: settings.image.clone(),
+            init_image,
+            mode,
+            intercept,
+            resources,
+            allowed_client_ids,
+            allowed_resources,
+        })
+    }
+
+    pub(super) fn token_volume(&self) -> Value {
+        json!({
+            "name": TOKEN_VOLUME,
+            "projected": {"sources": [{"serviceAccountToken": {
+                "audience": TOKEN_AUDIENCE,
+                "expirationSeconds": self.expiration,
+                "path": TOKEN_FILE,
+            }}]},
+        })
+    }
+
+    pub(super) fn sidecar_container(&self, native: bool) -> Value {
+        let probe = |path: &str| json!({"exec": {"command": [BINARY, "probe", path]}});
+        let mut env = vec![
+            json!({"name": "AZURE_CLIENT_ID", "value": self.client_id}),
+            json!({"name": "AZURE_TENANT_ID", "value": self.tenant_id}),
+            json!({"name": ENV_FEDERATED_TOKEN_FILE, "value": format!("{TOKEN_MOUNT}/{TOKEN_FILE}")}),
+            json!({"name": "AZURE_AUTHORITY_HOST", "value": self.authority_host}),
+            json!({"name": ENV_IDENTITY_HEADER, "value": self.header}),
+            // Loopback only: anything listening on the pod IP would hand tokens to other pods.
+            json!({"name": ENV_LISTEN, "value": format!("127.0.0.1:{}", self.endpoint.port)}),
+            json!({"name": "IDENTITY_SIDECAR_LOG_FORMAT", "value": "json"}),
+        ];
+        if let Some(ids) = &self.allowed_client_ids {
+            env.push(json!({"name": "IDENTITY_SIDECAR_ALLOWED_CLIENT_IDS", "value": ids}));
+        }
+        if let Some(res) = &self.allowed_resources {
+            env.push(json!({"name": "IDENTITY_SIDECAR_ALLOWED_RESOURCES", "value": res}));
+        }
+        let mut c = Map::new();
+        c.insert("name".into(), json!(SIDECAR_NAME));
+        c.insert("image".into(), json!(self.image));
+        c.insert("args".into(), json!(["serve"]));
+        if native {
+            // Native sidecar: started before the app containers, stopped after them (Jobs end).
+            c.insert("restartPolicy".into(), json!("Always"));
+        } else {
+            // Classic: kubelet starts containers in order and waits for each postStart hook, so
+            // the app starts only once the sidecar serves.
+            c.insert(
+                "lifecycle".into(),
+                json!({"postStart": {"exec": {"command": [BINARY, "probe", "/readyz", "--wait", "60"]}}}),
+            );
+        }
+        c.insert("env".into(), Value::Array(env));
+        // Exec probes: kubelet's httpGet probes go to the pod IP, where the sidecar is not.
+        let mut startup = probe("/readyz");
+        extend(
+            &mut startup,
+            json!({"periodSeconds": 1, "timeoutSeconds": 3, "failureThreshold": 60}),
+        );
+        let mut ready = probe("/readyz");
+        extend(
+            &mut ready,
+            json!({"periodSeconds": 10, "timeoutSeconds": 3}),
+        );
+        let mut live = probe("/healthz");
+        extend(
+            &mut live,
+            json!({"periodSeconds": 20, "timeoutSeconds": 3, "failureThreshold": 3}),
+        );
+        c.insert("startupProbe".into(), startup);
+        c.insert("readinessProbe".into(), ready);
+        c.insert("livenessProbe".into(), live);
+        c.insert(
+            "resources".into(),
+            json!({
+                "requests": {"cpu": self.resources.cpu_request, "memory": self.resources.memory_request},
+                "limits": {"cpu": self.resources.cpu_limit, "memory": self.resources.memory_limit},
+            }),
+        );
+        c.insert(
+            "securityContext".into(),
+            json!({
+                "runAsNonRoot": true,
+                "runAsUser": SIDECAR_UID,
+                "runAsGroup": SIDECAR_UID,
+                "readOnlyRootFilesystem": true,
+                "allowPrivilegeEscalation": false,
+                "privileged": false,
+                "capabilities": {"drop": ["ALL"]},
+                "seccompProfile": {"type": "RuntimeDefault"},
+            }),
+        );
+        c.insert(
+            "volumeMounts".into(),
+            json!([{"name": TOKEN_VOLUME, "mountPath": TOKEN_MOUNT, "readOnly": true}]),
+        );
+        Value::Object(c)
+    }
+
+    pub(super) fn init_container(&self) -> Value {
+        json!({
+            "name": INIT_NAME,
+            "image": self.init_image,
+            // The image's entrypoint is `identity-sidecar init-network`.
+            "args": ["--port", self.endpoint.port.to_string(), "--uid", SIDECAR_UID.to_string()],
+            "resources": {
+                "requests": {"cpu": "10m", "memory": "16Mi"},
+                "limits": {"cpu": "100m", "memory": "32Mi"},
+            },
+            "securityContext": {
+                // iptables needs uid 0 in the pod's user namespace plus NET_ADMIN; not privileged.
+                "runAsUser": 0,
+                "runAsNonRoot": false,
+                "privileged": false,
+                "readOnlyRootFilesystem": true,
+                "allowPrivilegeEscalation": false,
+                "capabilities": {"drop": ["ALL"], "add": ["NET_ADMIN"]},
+                "seccompProfile": {"type": "RuntimeDefault"},
+            },
+            // iptables-legacy's lock file (/run/xtables.lock) on a read-only root.
+            "volumeMounts": [{"name": XTABLES_VOLUME, "mountPath": "/run"}],
+        })
+    }
+}
+
+fn expiration(v: &str, whose: &str) -> Result<u64, Refusal> {
+    v.parse::<u64>()
+        .ok()
+        .filter(|s| (MIN_TOKEN_EXPIRATION..=MAX_TOKEN_EXPIRATION).contains(s))
+        .ok_or_else(|| {
+            refuse(format!(
+                "identity-sidecar: {whose}: annotation {AZWI_TOKEN_EXPIRATION}={v:?} must be a \
+                 whole number of seconds from {MIN_TOKEN_EXPIRATION} to {MAX_TOKEN_EXPIRATION}"
+            ))
+        })
+}
+
+/// A GUID (8-4-4-4-12 hex digits), lower-cased; `None` otherwise.
+pub fn checked_guid(s: &str) -> Option<String> {
+    let groups: Vec<&str> = s.split('-').collect();
+    let ok = groups.len() == 5
+        && groups
+            .iter()
+            .zip([8, 4, 4, 4, 12])
+            .all(|(g, n)| g.len() == n && g.bytes().all(|b| b.is_ascii_hexdigit()));
+    ok.then(|| s.to_ascii_lowercase())
+}
+
+/// A tenant is a GUID or a domain name (`contoso.onmicrosoft.com`).
+fn valid_tenant(s: &str) -> bool {
+    checked_guid(s).is_some()
+        || (!s.is_empty()
+            && s.len() <= 253
+            && s.split('.').all(|l| {
+                !l.is_empty() && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            }))
+}
+
+/// A Kubernetes resource quantity: a decimal number with an optional SI or binary suffix.
+pub fn is_quantity(s: &str) -> bool {
+    let num_end = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.' || c == '+' || c == '-'))
+        .unwrap_or(s.len());
+    let (num, suffix) = s.split_at(num_end);
+    let num = num.strip_prefix('+').unwrap_or(num);
+    let digits_ok = !num.is_empty()
+        && num.bytes().filter(|b| *b == b'.').count() <= 1
+        && num.bytes().any(|b| b.is_ascii_digit())
+        && num.bytes().all(|b| b.is_ascii_digit() || b == b'.');
+    let suffix_ok = matches!(
+        suffix,
+        "" | "m" | "k" | "M" | "G" | "T" | "P" | "E" | "Ki" | "Mi" | "Gi" | "Ti" | "Pi" | "Ei"
+    );
+    digits_ok && suffix_ok
+}
