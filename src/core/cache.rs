@@ -22,11 +22,11 @@ use futures_util::FutureExt as _;
 use futures_util::future::{BoxFuture, Shared};
 use tokio::time::Instant;
 
-use super::TokenError;
 use super::backoff::Backoff;
 use super::entra::{EntraCall, IssuedToken};
 use super::federated::now_epoch;
 use super::secret::Secret;
+use super::{Lookup, Served, TokenError};
 use crate::telemetry::metrics::{Metrics, RefreshOutcome};
 
 /// Longest wait between two scans of the cache by the refresher.
@@ -100,34 +100,6 @@ pub type Fetched = (Result<IssuedToken, TokenError>, Option<Arc<EntraCall>>);
 /// Where tokens come from: the Entra ID exchange in production, a stub in tests.
 pub trait Fetch: Send + Sync + 'static {
     fn fetch(&self, client_id: Arc<str>, scope: Arc<str>) -> BoxFuture<'static, Fetched>;
-}
-
-/// Whether a lookup was answered from the cache.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Lookup {
-    Hit,
-    /// No token for the key yet: the request waited for Entra ID.
-    Miss,
-    /// The key's token was no longer usable: the request waited for its renewal.
-    Refresh,
-}
-
-impl Lookup {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Lookup::Hit => "hit",
-            Lookup::Miss => "miss",
-            Lookup::Refresh => "refresh",
-        }
-    }
-}
-
-/// The answer to one lookup: the token or why not, how the cache answered, and the Entra ID
-/// exchange the request waited for, when it waited for one.
-pub struct Served {
-    pub result: Result<Arc<CachedToken>, TokenError>,
-    pub lookup: Lookup,
-    pub call: Option<Arc<EntraCall>>,
 }
 
 type FlightResult = (Result<Arc<CachedToken>, TokenError>, Option<Arc<EntraCall>>);

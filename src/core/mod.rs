@@ -26,7 +26,8 @@ use futures_util::FutureExt as _;
 use futures_util::future::BoxFuture;
 
 use crate::telemetry::metrics::Metrics;
-use cache::{CachedToken, Fetch, Fetched, Served, TokenCache};
+use cache::{CachedToken, Fetch, Fetched, TokenCache};
+use entra::EntraCall;
 use entra::{EntraClient, EntraError};
 use federated::{SourceError, TokenSource};
 
@@ -63,6 +64,34 @@ impl TokenError {
             other => other.clone(),
         }
     }
+}
+
+/// Whether a lookup was answered from the cache.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lookup {
+    Hit,
+    /// No token for the key yet: the request waited for Entra ID.
+    Miss,
+    /// The key's token was no longer usable: the request waited for its renewal.
+    Refresh,
+}
+
+impl Lookup {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Lookup::Hit => "hit",
+            Lookup::Miss => "miss",
+            Lookup::Refresh => "refresh",
+        }
+    }
+}
+
+/// The answer to one lookup: the token or why not, how the cache answered, and the Entra ID
+/// exchange the request waited for, when it waited for one.
+pub struct Served {
+    pub result: Result<Arc<CachedToken>, TokenError>,
+    pub lookup: Lookup,
+    pub call: Option<Arc<EntraCall>>,
 }
 
 /// Fetches tokens from Entra ID with the current federated token.
@@ -128,7 +157,7 @@ impl TokenService {
         if let Some(t) = hit {
             return Served {
                 result: Ok(t),
-                lookup: cache::Lookup::Hit,
+                lookup: Lookup::Hit,
                 call: None,
             };
         }

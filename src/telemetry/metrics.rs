@@ -11,8 +11,6 @@
 use std::sync::Mutex;
 use std::sync::atomic::AtomicI64;
 
-use crate::config::ResourceRule;
-
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -59,6 +57,10 @@ pub const BUILD_COMMIT: &str = match option_env!("IDENTITY_SIDECAR_COMMIT") {
 
 /// The `resource` label value when no resource allow-list bounds it: all resources together.
 pub const ALL_RESOURCES: &str = "*";
+
+/// The `--allowed-resources` rule that admits a resource, as written (`https://storage.*`);
+/// `None` when no rule does.
+pub type ResourceLabel = Box<dyn Fn(&str) -> Option<String> + Send + Sync>;
 
 /// One cached token as a scrape sees it.
 pub struct TokenState<'a> {
@@ -175,8 +177,8 @@ const STATUSES: [u16; 9] = [200, 400, 401, 404, 405, 429, 500, 502, 503];
 /// All counters of one sidecar process.
 pub struct Metrics {
     registry: Registry,
-    /// `--allowed-resources`, for the `resource` label.
-    resource_rules: Vec<ResourceRule>,
+    /// The allow-list's rule for the `resource` label; `None`: no allow-list, label `*`.
+    resource_rule: Option<ResourceLabel>,
     fetches: Family<FetchLabels, Counter>,
     token_expiry: Family<IdentityLabels, Gauge<i64, AtomicI64>>,
     token_refreshed: Family<IdentityLabels, Gauge<i64, AtomicI64>>,
@@ -204,11 +206,11 @@ impl Default for Metrics {
 impl Metrics {
     /// Metrics without a resource allow-list: the `resource` label is always `*`.
     pub fn new() -> Self {
-        Self::with_resource_rules(Vec::new())
+        Self::with_resource_label(None)
     }
 
-    /// Metrics whose `resource` label is the rule of `rules` a resource matched.
-    pub fn with_resource_rules(resource_rules: Vec<ResourceRule>) -> Self {
+    /// Metrics whose `resource` label is what `resource_rule` names for a resource.
+    pub fn with_resource_label(resource_rule: Option<ResourceLabel>) -> Self {
         let mut registry = Registry::with_prefix("identity_sidecar");
         let build = Family::<BuildLabels, Gauge<i64, AtomicI64>>::default();
         build
@@ -309,7 +311,7 @@ impl Metrics {
         );
         Metrics {
             registry,
-            resource_rules,
+            resource_rule,
             fetches,
             token_expiry,
             token_refreshed,
@@ -382,14 +384,12 @@ impl Metrics {
     /// resource is the scope, or the scope without the `/.default` the sidecar appended), `*`
     /// without an allow-list.
     pub fn resource_label(&self, scope: &str) -> String {
-        if self.resource_rules.is_empty() {
+        let Some(rule) = &self.resource_rule else {
             return ALL_RESOURCES.to_string();
-        }
-        let resource = scope.strip_suffix("/.default");
-        self.resource_rules
-            .iter()
-            .find(|r| r.matches(scope) || resource.is_some_and(|res| r.matches(res)))
-            .map_or_else(|| "other".to_string(), ToString::to_string)
+        };
+        rule(scope)
+            .or_else(|| scope.strip_suffix("/.default").and_then(rule))
+            .unwrap_or_else(|| "other".to_string())
     }
 
     /// Counts one fetch of a token from Entra ID for the cache key (`client_id`, `scope`).
@@ -512,7 +512,7 @@ mod tests {
 
     #[test]
     fn with_an_allow_list_the_resource_label_is_the_rule_that_matched() {
-        let rules = [
+        let rules: Vec<crate::config::ResourceRule> = [
             "https://vault.azure.net",
             "https://storage.*",
             "api://x/.default",
@@ -520,7 +520,9 @@ mod tests {
         .iter()
         .map(|r| r.parse().expect("rule"))
         .collect();
-        let m = Metrics::with_resource_rules(rules);
+        let m = Metrics::with_resource_label(Some(Box::new(move |r: &str| {
+            rules.iter().find(|x| x.matches(r)).map(ToString::to_string)
+        })));
         assert_eq!(
             m.resource_label("https://vault.azure.net/.default"),
             "https://vault.azure.net"

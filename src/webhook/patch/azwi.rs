@@ -4,10 +4,10 @@
 //! an app container, so the token stays in the sidecar (docs/kubernetes.md#coexistence-with-azwi).
 use serde_json::{Value, json};
 
-use crate::webhook::names::*;
 use super::ops::annotation_ops;
 use super::pod::{annotation, containers, display_name};
 use super::{Refusal, refuse};
+use crate::webhook::names::*;
 
 /// The pod also asked the Azure Workload Identity webhook for its token
 /// (`azure.workload.identity/use: "true"`, a label; older versions read it as an annotation).

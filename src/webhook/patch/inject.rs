@@ -4,10 +4,10 @@
 //! app container is given.
 use serde_json::{Map, Value, json};
 
-use crate::webhook::names::*;
 use super::ops::extend;
 use super::pod::{annotation, display_name};
 use super::{Refusal, Resources, ServiceAccount, Settings, SidecarMode, refuse};
+use crate::webhook::names::*;
 
 /// Where the sidecar serves and the secret apps must send.
 #[derive(Debug, Clone)]
