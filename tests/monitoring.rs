@@ -53,6 +53,36 @@ fn the_prometheus_rule_holds_the_plain_rule_files_groups() {
     );
 }
 
+/// Every alert says what broke (`summary`, `description`) and links a runbook section of
+/// docs/operations.md that exists.
+#[test]
+fn every_alert_has_a_summary_a_description_and_a_runbook_that_exists() {
+    let rules = std::fs::read_to_string(Path::new(REPO).join("manifests/monitoring/rules.yaml"))
+        .expect("rules");
+    let doc = std::fs::read_to_string(Path::new(REPO).join("docs/operations.md")).expect("doc");
+    let blocks: Vec<&str> = rules.split("- alert: ").skip(1).collect();
+    assert!(blocks.len() >= 10, "{} alerts", blocks.len());
+    for block in blocks {
+        let name = block.lines().next().expect("name").trim();
+        for key in ["summary: ", "description: ", "runbook_url: "] {
+            assert!(block.contains(key), "{name}: no {key}");
+        }
+        let url = block
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("runbook_url: "))
+            .expect("url");
+        let want = format!(
+            "https://github.com/identity-sidecar/identity-sidecar/blob/main/docs/operations.md#{}",
+            name.to_lowercase()
+        );
+        assert_eq!(url, want, "{name}");
+        assert!(
+            doc.contains(&format!("\n### {name}\n")),
+            "{name}: no runbook section in docs/operations.md"
+        );
+    }
+}
+
 /// `text` with each duration (`15m`, `1h`, `30s`) of a `for:` line or a `[range]` divided by
 /// [`TIME_SCALE`], in seconds.
 fn time_scaled(text: &str) -> String {
