@@ -1,7 +1,9 @@
 //! Who is calling: the uid that owns the peer's socket, read from the pod's socket table
 //! (`/proc/net/tcp` and `/proc/net/tcp6`, readable without privileges; the sidecar shares the
-//! pod's network namespace, so the app's sockets are in it), and the owning process's name when
-//! its `/proc/PID/fd` is visible to us (`shareProcessNamespace` and the same uid, or root).
+//! pod's network namespace, so the app's sockets are in it), and the caller's process name when
+//! processes are visible (`shareProcessNamespace`): the process holding the socket when its
+//! `/proc/PID/fd` is readable to us (the same uid, or root), else the name all processes of that
+//! uid share (`/proc/PID/status` and `comm` are world-readable), when they share one.
 //!
 //! Looked up once per connection, and only for the audit log. Nothing is ever refused for lack of
 //! it: a caller that cannot be identified is audited with no uid.
@@ -57,7 +59,7 @@ pub fn lookup(peer: SocketAddr, local: SocketAddr) -> Caller {
         if let Some((uid, inode)) = find_socket(&text, peer, local) {
             return Caller {
                 uid: Some(uid),
-                process: process_of(inode),
+                process: process_of(inode).or_else(|| sole_name_of_uid(uid)),
             };
         }
     }
@@ -137,6 +139,46 @@ fn process_of(inode: u64) -> Option<String> {
     None
 }
 
+/// The name every visible process of `uid` has, when they all have the same one.
+fn sole_name_of_uid(uid: u32) -> Option<String> {
+    let procs = std::fs::read_dir("/proc").ok()?;
+    let me = std::process::id().to_string();
+    let names = procs.flatten().take(MAX_PIDS).filter_map(|p| {
+        let pid = p.file_name().into_string().ok()?;
+        if pid == me || !pid.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        let status = std::fs::read_to_string(p.path().join("status")).ok()?;
+        let comm = std::fs::read_to_string(p.path().join("comm")).ok()?;
+        Some((real_uid(&status)?, comm.trim_end().to_string()))
+    });
+    sole_name(names, uid)
+}
+
+/// The real uid of a `/proc/PID/status` text (`Uid:` real, effective, saved, fs).
+fn real_uid(status: &str) -> Option<u32> {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// The one name among the processes of `uid`; `None` when there are none or several names.
+fn sole_name(procs: impl Iterator<Item = (u32, String)>, uid: u32) -> Option<String> {
+    let mut found: Option<String> = None;
+    for (_, name) in procs.filter(|(u, _)| *u == uid) {
+        match &found {
+            Some(f) if *f != name => return None,
+            Some(_) => {}
+            None => found = Some(name),
+        }
+    }
+    found
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -164,6 +206,28 @@ mod tests {
     }
 
     #[test]
+    fn a_uid_names_a_process_only_when_its_processes_agree() {
+        let procs = || {
+            [
+                (1000, "python3"),
+                (1000, "python3"),
+                (0, "pause"),
+                (1001, "java"),
+                (1001, "sh"),
+            ]
+            .map(|(u, n)| (u, n.to_string()))
+            .into_iter()
+        };
+        assert_eq!(sole_name(procs(), 1000), Some("python3".into()));
+        assert_eq!(sole_name(procs(), 1001), None);
+        assert_eq!(sole_name(procs(), 42), None);
+        assert_eq!(
+            real_uid("Name:\tx\nUid:\t1501\t1501\t1501\t1501\n"),
+            Some(1501)
+        );
+    }
+
+    #[test]
     fn finds_this_process_own_connection() {
         let server = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
         let client =
@@ -174,8 +238,6 @@ mod tests {
         // SAFETY: geteuid has no preconditions.
         let uid = unsafe { libc::geteuid() };
         assert_eq!(caller.uid, Some(uid));
-        // Our own pid is skipped; the socket is held by this process only.
-        assert_eq!(caller.process, None);
         let nobody = lookup("127.0.0.1:1".parse().expect("addr"), peer);
         assert_eq!(nobody, Caller::default());
     }
