@@ -6,7 +6,6 @@
 //!
 //! usage: webhook_bench [--duration SECONDS] [--conns N] [--rate TOTAL_PER_SECOND]
 //! The webhook binary is `IDENTITY_SIDECAR_WEBHOOK_BIN`, else target/release/identity-sidecar-webhook.
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -45,15 +44,8 @@ async fn run(duration: u64, conns: usize, rate: u64) {
             "11111111-1111-1111-1111-111111111111",
         )],
     );
-    let dir = tempfile::tempdir().expect("tmp");
-    let kubeconfig = kube.kubeconfig(dir.path());
-    let wh = webhook_proc::Webhook::start(&kubeconfig, &["--log-format", "json"]);
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let pod: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(root.join("tests/webhook/corpus/deployment-generate-name.json"))
-            .expect("corpus pod"),
-    )
-    .expect("json");
+    let wh = webhook_proc::Webhook::start_against(&kube, &["--log-format", "json"]);
+    let pod = webhook_proc::corpus_pod("deployment-generate-name");
     let body = serde_json::to_vec(&webhook_proc::review(&pod, "shop", "CREATE")).expect("json");
     let url = wh.url("/mutate");
 

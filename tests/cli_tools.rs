@@ -3,7 +3,8 @@ mod support;
 
 use std::time::Duration;
 
-use support::fake_entra::{FakeEntra, Reply, entra_error};
+use support::fake_entra::{FakeEntra, Reply};
+use support::sidecar_on_fake_entra::SidecarOnFakeEntra;
 use support::*;
 
 fn doctor_env<'a>(entra: &'a str, token_file: &'a str) -> Vec<(&'a str, &'a str)> {
@@ -16,16 +17,7 @@ fn doctor_env<'a>(entra: &'a str, token_file: &'a str) -> Vec<(&'a str, &'a str)
 }
 
 async fn doctor(envs: Vec<(&str, &str)>) -> (Option<i32>, String) {
-    let envs: Vec<(String, String)> = envs
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
-    tokio::task::spawn_blocking(move || {
-        let e: Vec<(&str, &str)> = envs.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-        Process::spawn(&["doctor"], &e).wait(Duration::from_secs(30))
-    })
-    .await
-    .expect("join")
+    Process::run_to_end(&["doctor"], &envs, Duration::from_secs(30)).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -42,15 +34,7 @@ async fn doctor_passes_a_working_setup_and_explains_each_failure() {
         "{out}"
     );
 
-    entra.push(Reply::Status {
-        status: 400,
-        body: entra_error(
-            "invalid_request",
-            70021,
-            "No matching federated identity record found for presented assertion.",
-        ),
-        retry_after: None,
-    });
+    entra.push(Reply::no_matching_federated_credential());
     let (code, out) = doctor(doctor_env(&authority, &file)).await;
     assert_eq!(code, Some(1), "{out}");
     for needle in [
@@ -73,11 +57,7 @@ async fn doctor_passes_a_working_setup_and_explains_each_failure() {
         ),
         (400, "invalid_request", 90002, "does not know tenant"),
     ] {
-        entra.push(Reply::Status {
-            status,
-            body: entra_error(error, code_n, "x"),
-            retry_after: None,
-        });
+        entra.push(Reply::entra_error(status, error, code_n, "x"));
         let (code, out) = doctor(doctor_env(&authority, &file)).await;
         assert_eq!(code, Some(1), "{out}");
         assert!(
@@ -123,75 +103,48 @@ async fn doctor_passes_a_working_setup_and_explains_each_failure() {
     );
 }
 
+/// `identity-sidecar token ARGS` with only `envs` of the Azure variables.
+async fn token(args: &[&str], envs: &[(&str, &str)]) -> (Option<i32>, String) {
+    let args = [&["token"], args].concat();
+    Process::run_to_end(&args, envs, Duration::from_secs(20)).await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn token_fetches_prints_and_decodes() {
-    let entra = FakeEntra::start().await;
-    let (_dir, path) = token_dir("system:serviceaccount:default:app");
-    let sc = Sidecar::start(args(&entra.authority(), &path)).await;
-    let base = format!("http://{}", sc.addr);
+    let started = SidecarOnFakeEntra::start().await;
+    let base = format!("http://{}", started.sc.addr);
     let endpoint = format!("{base}/msi/token");
-    let run = |args: Vec<String>, envs: Vec<(String, String)>| {
-        tokio::task::spawn_blocking(move || {
-            let a: Vec<&str> = args.iter().map(String::as_str).collect();
-            let e: Vec<(&str, &str)> = envs.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-            Process::spawn(&a, &e).wait(Duration::from_secs(20))
-        })
-    };
-    let s = |v: &str| v.to_string();
-    let (code, out) = run(
-        vec![s("token"), s("--raw")],
-        vec![(s("AZURE_POD_IDENTITY_AUTHORITY_HOST"), base.clone())],
-    )
-    .await
-    .expect("join");
+    let (code, out) = token(&["--raw"], &[("AZURE_POD_IDENTITY_AUTHORITY_HOST", &base)]).await;
     assert_eq!((code, out.trim()), (Some(0), "fake-access-token-1"));
-    let (code, out) = run(
-        vec![s("token"), s("--resource"), s("https://vault.azure.net")],
-        vec![
-            (s("IDENTITY_ENDPOINT"), endpoint.clone()),
-            (s("IDENTITY_HEADER"), s(IDENTITY_HEADER)),
+    let (code, out) = token(
+        &["--resource", "https://vault.azure.net"],
+        &[
+            ("IDENTITY_ENDPOINT", &endpoint),
+            ("IDENTITY_HEADER", IDENTITY_HEADER),
         ],
     )
-    .await
-    .expect("join");
+    .await;
     assert_eq!(code, Some(0), "{out}");
     let v: serde_json::Value = serde_json::from_str(&out).expect("json");
     assert_eq!(v["resource"], "https://vault.azure.net");
-    let (code, out) = run(
-        vec![s("token"), s("--flavor"), s("app-service")],
-        vec![
-            (s("IDENTITY_ENDPOINT"), endpoint.clone()),
-            (s("IDENTITY_HEADER"), s("wrong")),
+    let (code, out) = token(
+        &["--flavor", "app-service"],
+        &[
+            ("IDENTITY_ENDPOINT", &endpoint),
+            ("IDENTITY_HEADER", "wrong"),
         ],
     )
-    .await
-    .expect("join");
+    .await;
     assert_eq!(code, Some(1));
     assert!(
         out.contains("401") && out.contains("does not match"),
         "{out}"
     );
-    let (code, out) = run(
-        vec![
-            s("token"),
-            s("--endpoint"),
-            base.clone(),
-            s("--client-id"),
-            s(OTHER_CLIENT_ID),
-        ],
-        vec![],
-    )
-    .await
-    .expect("join");
+    let (code, out) = token(&["--endpoint", &base, "--client-id", OTHER_CLIENT_ID], &[]).await;
     assert_eq!(code, Some(1));
     assert!(out.contains("Identity not found"), "{out}");
     // --decode on a non-JWT access token explains itself.
-    let (code, out) = run(
-        vec![s("token"), s("--endpoint"), base, s("--decode")],
-        vec![],
-    )
-    .await
-    .expect("join");
+    let (code, out) = token(&["--endpoint", &base, "--decode"], &[]).await;
     assert_eq!(code, Some(1));
     assert!(out.contains("not a readable JWT"), "{out}");
 }

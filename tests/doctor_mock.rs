@@ -36,12 +36,7 @@ impl Setup {
             env.retain(|(n, _)| n != k);
             env.push((k.to_string(), v.to_string()));
         }
-        tokio::task::spawn_blocking(move || {
-            let e: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-            Process::spawn(&["doctor"], &e).wait(Duration::from_secs(30))
-        })
-        .await
-        .expect("join")
+        Process::run_to_end(&["doctor"], &env, Duration::from_secs(30)).await
     }
 }
 

@@ -12,10 +12,11 @@ mod support;
 use std::time::{Duration, Instant};
 
 use identity_sidecar::cloud::Cloud;
-use identity_sidecar::cmd::serve;
 use identity_sidecar::core::egress::EgressProxy;
-use identity_sidecar::mock_aad::{self, DEFAULT_SUBJECT, MockAad, MockAadConfig};
+use identity_sidecar::mock_aad::{self, MockAad, MockAadConfig};
 use support::connect_proxy::ConnectProxy;
+use support::mock_entra::minted_token_file;
+use support::request::assert_status;
 use support::{Process, guid};
 
 const RESOURCE: &str = "https://management.azure.com";
@@ -34,11 +35,7 @@ async fn setup() -> Setup {
     .await
     .expect("mock starts");
     let dir = tempfile::tempdir().expect("tempdir");
-    let token_file = dir.path().join("token");
-    let token = mock
-        .mint_federated_token(DEFAULT_SUBJECT, Duration::from_secs(3600))
-        .expect("mint");
-    std::fs::write(&token_file, token).expect("write token");
+    let token_file = minted_token_file(&mock, dir.path());
     Setup {
         mock,
         _dir: dir,
@@ -68,13 +65,7 @@ impl Setup {
         cfg.egress =
             EgressProxy::from_vars(|n| vars.iter().find(|(k, _)| *k == n).map(|(_, v)| v.clone()))
                 .expect("proxy settings");
-        let running = serve::start(&cfg).await.expect("sidecar starts");
-        let addr = running.local_addrs()[0];
-        support::Sidecar {
-            running: Some(running),
-            addr,
-            http: support::client(),
-        }
+        support::Sidecar::start_config(&cfg).await
     }
 }
 
@@ -82,18 +73,23 @@ fn imds_query() -> String {
     format!("api-version=2018-02-01&resource={RESOURCE}")
 }
 
+/// The app's token request when the Entra ID leg cannot get through: a 503 with Retry-After.
+/// Returns how long the answer took, and its body.
+async fn imds_gets_503_with_retry_after(sidecar: &support::Sidecar) -> (Duration, String) {
+    let started = Instant::now();
+    let resp = sidecar.imds(&imds_query()).await;
+    let took = started.elapsed();
+    assert_eq!(resp.status(), 503);
+    assert!(resp.headers().contains_key("retry-after"));
+    (took, resp.text().await.unwrap_or_default())
+}
+
 #[tokio::test]
 async fn the_entra_leg_goes_through_https_proxy_with_connect() {
     let s = setup().await;
     let proxy = ConnectProxy::start(s.mock.local_addr(), None).await;
     let sidecar = s.sidecar(&[("HTTPS_PROXY", proxy.url(None))]).await;
-    let resp = sidecar.imds(&imds_query()).await;
-    assert_eq!(
-        resp.status(),
-        200,
-        "{}",
-        resp.text().await.unwrap_or_default()
-    );
+    assert_status(sidecar.imds(&imds_query()).await, 200).await;
     let seen = proxy.seen();
     assert_eq!(seen.len(), 1, "{seen:?}");
     assert_eq!(
@@ -114,13 +110,7 @@ async fn basic_auth_from_the_proxy_url_is_sent() {
             format!("http://egress:p%40ss%20word@{}", proxy.addr),
         )])
         .await;
-    let resp = sidecar.imds(&imds_query()).await;
-    assert_eq!(
-        resp.status(),
-        200,
-        "{}",
-        resp.text().await.unwrap_or_default()
-    );
+    assert_status(sidecar.imds(&imds_query()).await, 200).await;
     assert!(proxy.seen().iter().all(|x| x.allowed), "{:?}", proxy.seen());
     sidecar.stop().await;
 }
@@ -156,12 +146,7 @@ async fn a_proxy_that_is_down_gives_503_with_retry_after_fast() {
     let sidecar = s
         .sidecar(&[("HTTPS_PROXY", format!("http://127.0.0.1:{port}"))])
         .await;
-    let started = Instant::now();
-    let resp = sidecar.imds(&imds_query()).await;
-    let took = started.elapsed();
-    assert_eq!(resp.status(), 503);
-    assert!(resp.headers().contains_key("retry-after"));
-    let body = resp.text().await.unwrap_or_default();
+    let (took, body) = imds_gets_503_with_retry_after(&sidecar).await;
     assert!(body.contains(&format!("127.0.0.1:{port}")), "{body}");
     assert!(took < Duration::from_secs(10), "took {took:?}");
     sidecar.stop().await;
@@ -188,11 +173,7 @@ async fn a_silent_proxy_gives_503_within_15_seconds_on_default_timeouts() {
             a.entra_budget = None;
         })
         .await;
-    let started = Instant::now();
-    let resp = sidecar.imds(&imds_query()).await;
-    let took = started.elapsed();
-    assert_eq!(resp.status(), 503);
-    assert!(resp.headers().contains_key("retry-after"));
+    let (took, _) = imds_gets_503_with_retry_after(&sidecar).await;
     assert!(took < Duration::from_secs(15), "took {took:?}");
     eprintln!("silent proxy: 503 after {took:?}");
     sidecar.stop().await;

@@ -12,6 +12,7 @@ use identity_sidecar::config::ServeConfig;
 use identity_sidecar::protocol::{Query, app_service, imds, normalize_path};
 use proptest::prelude::*;
 use support::fake_entra::{FakeEntra, Reply};
+use support::sidecar_on_fake_entra::SidecarOnFakeEntra;
 use support::*;
 
 fn cfg() -> ServeConfig {
@@ -130,10 +131,7 @@ proptest! {
 }
 
 async fn sidecar() -> (FakeEntra, tempfile::TempDir, Sidecar) {
-    let entra = FakeEntra::start().await;
-    let (dir, path) = token_dir("system:serviceaccount:default:app");
-    let sc = Sidecar::start(args(&entra.authority(), &path)).await;
-    (entra, dir, sc)
+    SidecarOnFakeEntra::start().await.into_parts()
 }
 
 /// Sends raw bytes and returns the status line (or "" if the server closed without one).

@@ -7,8 +7,12 @@
 //! the one skip rule of `tests/support/system.rs` (a failure under CI or as root, else a SKIP).
 use std::process::{Command, Stdio};
 
+#[path = "support/checkers.rs"]
+mod checkers;
 #[path = "support/system.rs"]
 mod system;
+
+use checkers::assert_checks_pass;
 
 const REPO: &str = env!("CARGO_MANIFEST_DIR");
 
@@ -25,18 +29,8 @@ fn every_overlay_renders_validates_and_keeps_the_pod_rules() {
         system::skip(why);
         return;
     }
-    let out = Command::new(format!("{REPO}/tests/manifests/check.sh"))
-        .stdin(Stdio::null())
-        .output()
-        .expect("run tests/manifests/check.sh");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(out.status.success(), "manifest checks failed:\n{text}");
-    assert!(
-        text.contains("5 passed, 0 failed"),
-        "unexpected output:\n{text}"
+    assert_checks_pass(
+        &mut Command::new(format!("{REPO}/tests/manifests/check.sh")),
+        "manifests: 5 passed, 0 failed",
     );
 }

@@ -516,34 +516,26 @@ async fn malformed_requests_get_entra_errors() {
             ("client_assertion", assertion.as_str()),
         ]
     };
-    post_token(&client, &mock, tenant, &with("password", ARM_SCOPE))
-        .await
-        .assert_aadsts(400, "unsupported_grant_type", 70003);
-    post_token(
-        &client,
-        &mock,
-        tenant,
-        &with(
+    for (grant, scope, error, code) in [
+        ("password", ARM_SCOPE, "unsupported_grant_type", 70003),
+        (
             "client_credentials",
             "https://graph.microsoft.com/User.Read",
+            "invalid_scope",
+            1002012,
         ),
-    )
-    .await
-    .assert_aadsts(400, "invalid_scope", 1002012);
-    post_token(
-        &client,
-        &mock,
-        tenant,
-        &with(
+        (
             "client_credentials",
             "https://a/.default https://b/.default",
+            "invalid_scope",
+            70011,
         ),
-    )
-    .await
-    .assert_aadsts(400, "invalid_scope", 70011);
-    post_token(&client, &mock, tenant, &with("client_credentials", ""))
-        .await
-        .assert_aadsts(400, "invalid_request", 900144);
+        ("client_credentials", "", "invalid_request", 900144),
+    ] {
+        post_token(&client, &mock, tenant, &with(grant, scope))
+            .await
+            .assert_aadsts(400, error, code);
+    }
     post_token(&client, &mock, tenant, &[("client_id", DEFAULT_CLIENT_ID)])
         .await
         .assert_aadsts(400, "invalid_request", 900144);

@@ -11,9 +11,10 @@
 //! | azure-identity 1.27.0 (Python), @azure/identity 4.13.1 (JS) | yes (azure-identity's token cache, msal-node's) |
 mod support;
 
+use identity_sidecar::cmd::serve::ServeArgs;
 use identity_sidecar::protocol::user_agent::ExpiresOnMode;
-use support::fake_entra::FakeEntra;
-use support::sdk::{self, Release, matrix_client};
+use support::sdk::{self, Release, SidecarEnv, matrix_client};
+use support::sidecar_on_fake_entra::{SidecarOnFakeEntra, other_client_allowed};
 use support::*;
 
 /// The scenarios of one release: what is set, and what must come of it.
@@ -27,57 +28,97 @@ struct Case {
     expect: Result<u64, &'static str>,
 }
 
-struct Env {
-    _entra: FakeEntra,
-    _dir: tempfile::TempDir,
-    sc: Sidecar,
-}
+impl Case {
+    /// The client gets a token with the right expiry; `requests` token requests reach the sidecar.
+    fn token(what: &'static str, env: Vec<(&'static str, String)>, requests: u64) -> Case {
+        Case {
+            what,
+            env,
+            client_id: None,
+            expect: Ok(requests),
+        }
+    }
 
-async fn start(msi_2017_expires_on: Option<ExpiresOnMode>) -> Env {
-    let entra = FakeEntra::start().await;
-    let (dir, path) = token_dir("system:serviceaccount:default:app");
-    let sc = Sidecar::start(identity_sidecar::cmd::serve::ServeArgs {
-        allowed_client_ids: vec![Some(guid(OTHER_CLIENT_ID))],
-        msi_2017_expires_on,
-        ..args(&entra.authority(), &path)
-    })
-    .await;
-    Env {
-        _entra: entra,
-        _dir: dir,
-        sc,
+    /// The client fails with `text` in its error.
+    fn fails(what: &'static str, env: Vec<(&'static str, String)>, text: &'static str) -> Case {
+        Case {
+            what,
+            env,
+            client_id: None,
+            expect: Err(text),
+        }
+    }
+
+    /// The same case for the user-assigned identity `client_id`.
+    fn for_client(self, client_id: &'static str) -> Case {
+        Case {
+            client_id: Some(client_id),
+            ..self
+        }
     }
 }
 
+type Env = SidecarOnFakeEntra;
+
+/// A sidecar on the fake Entra ID that also serves [`OTHER_CLIENT_ID`].
+async fn start(msi_2017_expires_on: Option<ExpiresOnMode>) -> Env {
+    SidecarOnFakeEntra::start_with(|a| ServeArgs {
+        msi_2017_expires_on,
+        ..other_client_allowed(a)
+    })
+    .await
+}
+
+/// With every release of the matrix installed (else the skip rule of `sdk::matrix_available`
+/// and `None`), the sidecar of [`start`] with the User-Agent rule for `expires_on`.
+async fn matrix_sidecar(test: &str) -> Option<Env> {
+    if !sdk::matrix_available(test) {
+        return None;
+    }
+    Some(start(None).await)
+}
+
+/// `MSI_ENDPOINT` + `MSI_SECRET` with the right secret.
 fn msi(sc: &Sidecar) -> Vec<(&'static str, String)> {
-    vec![
-        ("MSI_ENDPOINT", sc.url("/msi/token")),
-        ("MSI_SECRET", IDENTITY_HEADER.to_string()),
-    ]
+    SidecarEnv::of(sc).msi(IDENTITY_HEADER)
 }
 
 fn cloud_shell(sc: &Sidecar) -> Vec<(&'static str, String)> {
-    vec![("MSI_ENDPOINT", sc.url("/msi/token"))]
+    SidecarEnv::of(sc).cloud_shell()
 }
 
 fn pod_identity(sc: &Sidecar) -> Vec<(&'static str, String)> {
-    vec![(
-        "AZURE_POD_IDENTITY_AUTHORITY_HOST",
-        format!("http://{}", sc.addr),
-    )]
+    SidecarEnv::of(sc).imds()
 }
 
+/// `IDENTITY_ENDPOINT` + `IDENTITY_HEADER` with the right header.
 fn app_service(sc: &Sidecar) -> Vec<(&'static str, String)> {
-    vec![
-        ("IDENTITY_ENDPOINT", sc.url("/msi/token")),
-        ("IDENTITY_HEADER", IDENTITY_HEADER.to_string()),
-    ]
+    SidecarEnv::of(sc).app_service(IDENTITY_HEADER)
 }
 
 /// Everything `dev` prints and the manifests set.
 fn dev_env(sc: &Sidecar) -> Vec<(&'static str, String)> {
     [app_service(sc), pod_identity(sc), msi(sc)].concat()
 }
+
+/// `release`'s matrix client for `resource` (and `client_id`) under `env`, off the runtime.
+async fn run_client(
+    release: Release,
+    resource: &str,
+    client_id: Option<&'static str>,
+    env: Vec<(&'static str, String)>,
+) -> serde_json::Value {
+    let resource = resource.to_string();
+    tokio::task::spawn_blocking(move || matrix_client(release, &resource, client_id, &env))
+        .await
+        .expect("join")
+}
+
+const MSI_GETS_THE_DATE: &str = "MSI_ENDPOINT+MSI_SECRET (2017-09-01, gets the date)";
+const MSI_USER_ASSIGNED: &str = "MSI_ENDPOINT+MSI_SECRET, user-assigned (clientid)";
+const DEV_ENV_MSI_FIRST: &str = "everything dev prints (MSI_* is picked first)";
+const CLOUD_SHELL_FORM: &str = "MSI_ENDPOINT alone (Cloud Shell form)";
+const POD_IDENTITY_IMDS: &str = "AZURE_POD_IDENTITY_AUTHORITY_HOST (IMDS)";
 
 /// Token requests the sidecar answered with 200, on both token endpoints.
 async fn served(sc: &Sidecar) -> u64 {
@@ -129,10 +170,7 @@ async fn run_matrix(e: &Env, release: Release, version: &str, cases: Vec<Case>) 
     for (i, case) in cases.into_iter().enumerate() {
         let resource = format!("https://matrix{i}.example.com");
         let before = served(&e.sc).await;
-        let (env, res, cid) = (case.env.clone(), resource.clone(), case.client_id);
-        let out = tokio::task::spawn_blocking(move || matrix_client(release, &res, cid, &env))
-            .await
-            .expect("join");
+        let out = run_client(release, &resource, case.client_id, case.env.clone()).await;
         let requests = served(&e.sc).await - before;
         let what = format!("{release:?} {}", case.what);
         assert_eq!(
@@ -179,42 +217,19 @@ async fn run_matrix(e: &Env, release: Release, version: &str, cases: Vec<Case>) 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn azure_identity_1_5_0_python() {
-    if !sdk::matrix_available("azure_identity_1_5_0_python") {
+    let Some(e) = matrix_sidecar("azure_identity_1_5_0_python").await else {
         return;
-    }
-    let e = start(None).await;
-    let sc = &e.sc;
+    };
     let cases = vec![
-        Case {
-            what: "MSI_ENDPOINT+MSI_SECRET (2017-09-01, gets the date)",
-            env: msi(sc),
-            client_id: None,
-            expect: Ok(2),
-        },
-        Case {
-            what: "MSI_ENDPOINT+MSI_SECRET, user-assigned (clientid)",
-            env: msi(sc),
-            client_id: Some(OTHER_CLIENT_ID),
-            expect: Ok(2),
-        },
-        Case {
-            what: "everything dev prints (MSI_* is picked first)",
-            env: dev_env(sc),
-            client_id: None,
-            expect: Ok(2),
-        },
-        Case {
-            what: "MSI_ENDPOINT alone (Cloud Shell form)",
-            env: cloud_shell(sc),
-            client_id: None,
-            expect: Ok(1),
-        },
-        Case {
-            what: "IDENTITY_ENDPOINT+IDENTITY_HEADER alone (1.5.0 has no 2019-08-01 client)",
-            env: app_service(sc),
-            client_id: None,
-            expect: Err("No managed identity endpoint found"),
-        },
+        Case::token(MSI_GETS_THE_DATE, msi(&e.sc), 2),
+        Case::token(MSI_USER_ASSIGNED, msi(&e.sc), 2).for_client(OTHER_CLIENT_ID),
+        Case::token(DEV_ENV_MSI_FIRST, dev_env(&e.sc), 2),
+        Case::token(CLOUD_SHELL_FORM, cloud_shell(&e.sc), 1),
+        Case::fails(
+            "IDENTITY_ENDPOINT+IDENTITY_HEADER alone (1.5.0 has no 2019-08-01 client)",
+            app_service(&e.sc),
+            "No managed identity endpoint found",
+        ),
     ];
     // Not run: AZURE_POD_IDENTITY_AUTHORITY_HOST, which azure-identity reads only from 1.7.0
     // (_credentials/imds.py); 1.5.0 goes to 169.254.169.254 and needs the IMDS redirect.
@@ -222,64 +237,37 @@ async fn azure_identity_1_5_0_python() {
 
     // Without the User-Agent rule (today's answer, epoch), 1.5.0 gets no token at all.
     let forced = start(Some(ExpiresOnMode::Epoch)).await;
-    let cases = vec![Case {
-        what: "MSI_ENDPOINT+MSI_SECRET, --msi-2017-expires-on epoch",
-        env: msi(&forced.sc),
-        client_id: None,
-        expect: Err("doesn't match the expected format"),
-    }];
+    let cases = vec![Case::fails(
+        "MSI_ENDPOINT+MSI_SECRET, --msi-2017-expires-on epoch",
+        msi(&forced.sc),
+        "doesn't match the expected format",
+    )];
     run_matrix(&forced, Release::Py150, "1.5.0", cases).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn azure_identity_1_5_2_js() {
-    if !sdk::matrix_available("azure_identity_1_5_2_js") {
+    let Some(e) = matrix_sidecar("azure_identity_1_5_2_js").await else {
         return;
-    }
-    let e = start(None).await;
-    let sc = &e.sc;
+    };
     let cases = vec![
-        Case {
-            what: "MSI_ENDPOINT+MSI_SECRET (2017-09-01, gets the date)",
-            env: msi(sc),
-            client_id: None,
-            expect: Ok(2),
-        },
-        Case {
-            what: "MSI_ENDPOINT+MSI_SECRET, user-assigned (clientid)",
-            env: msi(sc),
-            client_id: Some(OTHER_CLIENT_ID),
-            expect: Ok(2),
-        },
-        Case {
-            what: "AZURE_POD_IDENTITY_AUTHORITY_HOST (IMDS)",
-            env: pod_identity(sc),
-            client_id: None,
-            expect: Ok(2),
-        },
-        Case {
-            what: "everything dev prints (MSI_* is picked first)",
-            env: dev_env(sc),
-            client_id: None,
-            expect: Ok(2),
-        },
-        Case {
-            what: "MSI_ENDPOINT alone (Cloud Shell form)",
-            env: cloud_shell(sc),
-            client_id: None,
-            expect: Ok(2),
-        },
+        Case::token(MSI_GETS_THE_DATE, msi(&e.sc), 2),
+        Case::token(MSI_USER_ASSIGNED, msi(&e.sc), 2).for_client(OTHER_CLIENT_ID),
+        Case::token(POD_IDENTITY_IMDS, pod_identity(&e.sc), 2),
+        Case::token(DEV_ENV_MSI_FIRST, dev_env(&e.sc), 2),
+        Case::token(CLOUD_SHELL_FORM, cloud_shell(&e.sc), 2),
     ];
     run_matrix(&e, Release::Node152, "1.5.2", cases).await;
 
     // Without the User-Agent rule, Date.parse("<epoch>") is NaN: a token that never expires.
     let forced = start(Some(ExpiresOnMode::Epoch)).await;
-    let resource = "https://nan.example.com";
-    let env = msi(&forced.sc);
-    let out =
-        tokio::task::spawn_blocking(move || matrix_client(Release::Node152, resource, None, &env))
-            .await
-            .expect("join");
+    let out = run_client(
+        Release::Node152,
+        "https://nan.example.com",
+        None,
+        msi(&forced.sc),
+    )
+    .await;
     assert_eq!(out["ok"], true, "{out}");
     assert!(out["expires_on_ms"].is_null(), "NaN (JSON null): {out}");
     println!(
@@ -291,25 +279,18 @@ async fn azure_identity_1_5_2_js() {
 /// the third User-Agent rule, on a real release.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn azure_identity_1_4_0_js() {
-    if !sdk::matrix_available("azure_identity_1_4_0_js") {
+    let Some(e) = matrix_sidecar("azure_identity_1_4_0_js").await else {
         return;
-    }
-    let e = start(None).await;
-    let cases = vec![Case {
-        what: "MSI_ENDPOINT+MSI_SECRET (2017-09-01, gets the date)",
-        env: msi(&e.sc),
-        client_id: None,
-        expect: Ok(1),
-    }];
+    };
+    let cases = vec![Case::token(MSI_GETS_THE_DATE, msi(&e.sc), 1)];
     run_matrix(&e, Release::Node140, "1.4.0", cases).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn current_releases_every_flavor() {
-    if !sdk::matrix_available("current_releases_every_flavor") {
+    let Some(e) = matrix_sidecar("current_releases_every_flavor").await else {
         return;
-    }
-    let e = start(None).await;
+    };
     let sc = &e.sc;
     let every_flavor = |sc: &Sidecar| {
         [
@@ -318,21 +299,16 @@ async fn current_releases_every_flavor() {
                 app_service(sc),
             ),
             ("MSI_ENDPOINT+MSI_SECRET (2017-09-01, epoch)", msi(sc)),
-            ("MSI_ENDPOINT alone (Cloud Shell form)", cloud_shell(sc)),
-            ("AZURE_POD_IDENTITY_AUTHORITY_HOST (IMDS)", pod_identity(sc)),
+            (CLOUD_SHELL_FORM, cloud_shell(sc)),
+            (POD_IDENTITY_IMDS, pod_identity(sc)),
             (
                 "everything dev prints (IDENTITY_* is picked first)",
                 dev_env(sc),
             ),
         ]
         .into_iter()
-        .map(|(what, env)| Case {
-            what,
-            env,
-            client_id: None,
-            // Both cache: the second call (the cycler's, for JS) never reaches the sidecar.
-            expect: Ok(1),
-        })
+        // Both cache: the second call (the cycler's, for JS) never reaches the sidecar.
+        .map(|(what, env)| Case::token(what, env, 1))
         .collect::<Vec<_>>()
     };
     run_matrix(&e, Release::PyCurrent, "1.27.0", every_flavor(sc)).await;

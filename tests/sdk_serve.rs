@@ -4,65 +4,21 @@
 //! and a wrong identity header must fail.
 mod support;
 
-use support::fake_entra::FakeEntra;
-use support::sdk::{self, node_mi, python_mi};
+use support::sdk::{self, SidecarEnv, assert_outcomes, node_mi, python_mi};
+use support::sidecar_on_fake_entra::{SidecarOnFakeEntra, other_client_allowed};
 use support::*;
 
 const RES: &str = "https://management.azure.com";
 
-struct Env {
-    _entra: FakeEntra,
-    _dir: tempfile::TempDir,
-    sc: Sidecar,
-}
-
-async fn start() -> Env {
-    let entra = FakeEntra::start().await;
-    let (dir, path) = token_dir("system:serviceaccount:default:app");
-    let sc = Sidecar::start(identity_sidecar::cmd::serve::ServeArgs {
-        allowed_client_ids: vec![Some(guid(OTHER_CLIENT_ID))],
-        ..args(&entra.authority(), &path)
-    })
-    .await;
-    Env {
-        _entra: entra,
-        _dir: dir,
-        sc,
+/// With the SDKs installed (else the skip rule of `sdk::available` and `None`): a sidecar on the
+/// fake Entra ID that also serves [`OTHER_CLIENT_ID`], and the SDKs' environment pointing at it.
+async fn start(test: &str) -> Option<(SidecarOnFakeEntra, SidecarEnv)> {
+    if !sdk::available(test) {
+        return None;
     }
-}
-
-fn imds_env(sc: &Sidecar) -> Vec<(&'static str, String)> {
-    vec![(
-        "AZURE_POD_IDENTITY_AUTHORITY_HOST",
-        format!("http://{}", sc.addr),
-    )]
-}
-
-fn app_service_env(sc: &Sidecar, header: &str) -> Vec<(&'static str, String)> {
-    vec![
-        ("IDENTITY_ENDPOINT", sc.url("/msi/token")),
-        ("IDENTITY_HEADER", header.to_string()),
-    ]
-}
-
-fn msi_env(sc: &Sidecar, secret: &str) -> Vec<(&'static str, String)> {
-    vec![
-        ("MSI_ENDPOINT", sc.url("/msi/token")),
-        ("MSI_SECRET", secret.to_string()),
-    ]
-}
-
-fn assert_token(out: &serde_json::Value, what: &str) {
-    assert_eq!(out["ok"], true, "{what}: {out}");
-    let t = out["token"].as_str().unwrap_or_default();
-    assert!(
-        t.starts_with("fake-access-token-"),
-        "{what}: the fake Entra's token, got {out}"
-    );
-}
-
-fn assert_fails(out: &serde_json::Value, what: &str) {
-    assert_eq!(out["ok"], false, "{what} must fail: {out}");
+    let started = SidecarOnFakeEntra::start_with(other_client_allowed).await;
+    let env = SidecarEnv::of(&started.sc);
+    Some((started, env))
 }
 
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
@@ -71,17 +27,15 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn python_azure_identity_all_three_flavors() {
-    if !sdk::available("python_azure_identity_all_three_flavors") {
+    let Some((_sidecar, env)) = start("python_azure_identity_all_three_flavors").await else {
         return;
-    }
-    let e = start().await;
-    let (imds, app, msi) = (
-        imds_env(&e.sc),
-        app_service_env(&e.sc, IDENTITY_HEADER),
-        msi_env(&e.sc, IDENTITY_HEADER),
-    );
-    let (bad_app, bad_msi) = (app_service_env(&e.sc, "wrong"), msi_env(&e.sc, "wrong"));
+    };
     let outs = blocking(move || {
+        let (imds, app, msi) = (
+            env.imds(),
+            env.app_service(IDENTITY_HEADER),
+            env.msi(IDENTITY_HEADER),
+        );
         vec![
             ("imds", python_mi("azure-identity", RES, None, &imds)),
             (
@@ -104,7 +58,7 @@ async fn python_azure_identity_all_three_flavors() {
             ),
             (
                 "app service wrong header",
-                python_mi("azure-identity", RES, None, &bad_app),
+                python_mi("azure-identity", RES, None, &env.app_service("wrong")),
             ),
             (
                 "msi 2017",
@@ -112,19 +66,12 @@ async fn python_azure_identity_all_three_flavors() {
             ),
             (
                 "msi 2017 wrong secret",
-                python_mi("azure-identity", RES, None, &bad_msi),
+                python_mi("azure-identity", RES, None, &env.msi("wrong")),
             ),
         ]
     })
     .await;
-    for (what, out) in &outs {
-        match *what {
-            "imds unknown identity" | "app service wrong header" | "msi 2017 wrong secret" => {
-                assert_fails(out, what)
-            }
-            _ => assert_token(out, what),
-        }
-    }
+    assert_outcomes(&outs);
     let unknown = &outs[2].1["error"];
     assert!(
         unknown
@@ -136,16 +83,11 @@ async fn python_azure_identity_all_three_flavors() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn python_msal_managed_identity_client() {
-    if !sdk::available("python_msal_managed_identity_client") {
+    let Some((_sidecar, env)) = start("python_msal_managed_identity_client").await else {
         return;
-    }
-    let e = start().await;
-    let (imds, app, bad_app) = (
-        imds_env(&e.sc),
-        app_service_env(&e.sc, IDENTITY_HEADER),
-        app_service_env(&e.sc, "nope"),
-    );
+    };
     let outs = blocking(move || {
+        let (imds, app) = (env.imds(), env.app_service(IDENTITY_HEADER));
         vec![
             ("msal imds", python_mi("msal", RES, None, &imds)),
             (
@@ -155,18 +97,12 @@ async fn python_msal_managed_identity_client() {
             ("msal app service", python_mi("msal", RES, None, &app)),
             (
                 "msal app service wrong header",
-                python_mi("msal", RES, None, &bad_app),
+                python_mi("msal", RES, None, &env.app_service("nope")),
             ),
         ]
     })
     .await;
-    for (what, out) in &outs {
-        if what.contains("wrong") {
-            assert_fails(out, what)
-        } else {
-            assert_token(out, what)
-        }
-    }
+    assert_outcomes(&outs);
     assert!(
         outs[0].1["expires_in"].as_u64().is_some_and(|n| n > 3000),
         "msal read expires_in: {}",
@@ -176,16 +112,11 @@ async fn python_msal_managed_identity_client() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn node_azure_identity_imds_and_app_service() {
-    if !sdk::available("node_azure_identity_imds_and_app_service") {
+    let Some((_sidecar, env)) = start("node_azure_identity_imds_and_app_service").await else {
         return;
-    }
-    let e = start().await;
-    let (imds, app, bad_app) = (
-        imds_env(&e.sc),
-        app_service_env(&e.sc, IDENTITY_HEADER),
-        app_service_env(&e.sc, "nope"),
-    );
+    };
     let outs = blocking(move || {
+        let (imds, app) = (env.imds(), env.app_service(IDENTITY_HEADER));
         vec![
             ("node imds", node_mi(RES, None, &imds)),
             (
@@ -199,18 +130,12 @@ async fn node_azure_identity_imds_and_app_service() {
             ),
             (
                 "node app service wrong header",
-                node_mi(RES, None, &bad_app),
+                node_mi(RES, None, &env.app_service("nope")),
             ),
         ]
     })
     .await;
-    for (what, out) in &outs {
-        if what.contains("wrong") {
-            assert_fails(out, what)
-        } else {
-            assert_token(out, what)
-        }
-    }
+    assert_outcomes(&outs);
     // JS reads only expires_on: it must be in the future, or every call would re-fetch.
     let on = outs[0].1["expires_on"].as_u64().unwrap_or(0);
     assert!(on / 1000 > now() + 3000, "expires_on parsed: {}", outs[0].1);

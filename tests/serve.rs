@@ -4,7 +4,11 @@ mod support;
 
 use std::time::Duration;
 
+use identity_sidecar::cmd::serve::ServeArgs;
+
 use support::fake_entra::{FakeEntra, Reply, entra_error};
+use support::request::{json_answer as body, urlencode};
+use support::sidecar_on_fake_entra::{SidecarOnFakeEntra, other_client_allowed};
 use support::*;
 
 const RES: &str = "https://management.azure.com";
@@ -13,24 +17,8 @@ fn q(resource: &str) -> String {
     format!("api-version=2018-02-01&resource={}", urlencode(resource))
 }
 
-fn urlencode(s: &str) -> String {
-    form_urlencoded::byte_serialize(s.as_bytes()).collect()
-}
-
-async fn body(r: reqwest::Response) -> (u16, serde_json::Value) {
-    let status = r.status().as_u16();
-    let text = r.text().await.expect("body");
-    (
-        status,
-        serde_json::from_str(&text).unwrap_or_else(|_| panic!("JSON body, got {text:?}")),
-    )
-}
-
 async fn setup() -> (FakeEntra, tempfile::TempDir, Sidecar) {
-    let entra = FakeEntra::start().await;
-    let (dir, path) = token_dir("system:serviceaccount:default:app");
-    let sidecar = Sidecar::start(args(&entra.authority(), &path)).await;
-    (entra, dir, sidecar)
+    SidecarOnFakeEntra::start().await.into_parts()
 }
 
 #[tokio::test]
@@ -238,13 +226,9 @@ async fn unknown_paths_and_other_imds_paths_get_json_404() {
 
 #[tokio::test]
 async fn imds_identity_selectors() {
-    let entra = FakeEntra::start().await;
-    let (_dir, path) = token_dir("system:serviceaccount:default:app");
-    let sc = Sidecar::start(identity_sidecar::cmd::serve::ServeArgs {
-        allowed_client_ids: vec![Some(guid(OTHER_CLIENT_ID))],
-        ..args(&entra.authority(), &path)
-    })
-    .await;
+    let (entra, _dir, sc) = SidecarOnFakeEntra::start_with(other_client_allowed)
+        .await
+        .into_parts();
     for sel in [
         "client_id",
         "object_id",
@@ -318,15 +302,8 @@ async fn app_service_2019_shape_header_and_selectors() {
     )
     .await;
     assert_eq!(status, 200);
-    let mut keys: Vec<&str> = b
-        .as_object()
-        .expect("obj")
-        .keys()
-        .map(String::as_str)
-        .collect();
-    keys.sort_unstable();
     assert_eq!(
-        keys,
+        sorted_keys(&b),
         [
             "access_token",
             "client_id",
@@ -395,15 +372,8 @@ async fn app_service_2017_uses_secret_clientid_and_epoch_string() {
     );
     let (status, b) = body(sc.app_service(&qs, ("secret", IDENTITY_HEADER)).await).await;
     assert_eq!(status, 200);
-    let mut keys: Vec<&str> = b
-        .as_object()
-        .expect("obj")
-        .keys()
-        .map(String::as_str)
-        .collect();
-    keys.sort_unstable();
     assert_eq!(
-        keys,
+        sorted_keys(&b),
         ["access_token", "expires_on", "resource", "token_type"]
     );
     let on: u64 = b["expires_on"]
@@ -433,13 +403,12 @@ async fn app_service_2017_uses_secret_clientid_and_epoch_string() {
 
 #[tokio::test]
 async fn app_service_refuses_everything_without_an_identity_header() {
-    let entra = FakeEntra::start().await;
-    let (_dir, path) = token_dir("system:serviceaccount:default:app");
-    let sc = Sidecar::start(identity_sidecar::cmd::serve::ServeArgs {
+    let (entra, _dir, sc) = SidecarOnFakeEntra::start_with(|a| ServeArgs {
         identity_header: None,
-        ..args(&entra.authority(), &path)
+        ..a
     })
-    .await;
+    .await
+    .into_parts();
     let (status, b) = body(
         sc.app_service(
             &format!("api-version=2019-08-01&resource={RES}"),
@@ -461,15 +430,7 @@ async fn app_service_refuses_everything_without_an_identity_header() {
 #[tokio::test]
 async fn entra_refusal_reaches_the_app_with_its_aadsts_code_and_is_not_cached() {
     let (entra, _dir, sc) = setup().await;
-    entra.push(Reply::Status {
-        status: 400,
-        body: entra_error(
-            "invalid_request",
-            70021,
-            "No matching federated identity record found for presented assertion.",
-        ),
-        retry_after: None,
-    });
+    entra.push(Reply::no_matching_federated_credential());
     let (status, b) = body(sc.imds(&q(RES)).await).await;
     assert_eq!(status, 400);
     assert_eq!(b["error"], "invalid_request");
@@ -485,15 +446,12 @@ async fn entra_refusal_reaches_the_app_with_its_aadsts_code_and_is_not_cached() 
     assert_eq!(status, 200);
     assert_eq!(entra.count(), 2);
 
-    entra.push(Reply::Status {
-        status: 401,
-        body: entra_error(
-            "invalid_client",
-            700024,
-            "Client assertion is not within its valid time range.",
-        ),
-        retry_after: None,
-    });
+    entra.push(Reply::entra_error(
+        401,
+        "invalid_client",
+        700024,
+        "Client assertion is not within its valid time range.",
+    ));
     let (status, b) = body(sc.imds(&q("https://vault.azure.net")).await).await;
     assert_eq!((status, b["error"].as_str()), (400, Some("invalid_client")));
 }
@@ -682,14 +640,11 @@ async fn follows_kubelet_symlink_swaps() {
     assert_eq!(sc.imds(&q(RES)).await.status(), 200);
     let b = federated_jwt("system:serviceaccount:ns:b", 3600);
     kubelet_write(dir.path(), &b);
-    let swapped = eventually(Duration::from_secs(3), || async {
-        let r = sc.http.get(sc.url("/readyz")).send().await.expect("readyz");
-        r.text()
-            .await
-            .unwrap_or_default()
-            .contains("system:serviceaccount:ns:b")
-    })
-    .await;
+    let swapped = sc
+        .readyz_becomes(Duration::from_secs(3), |_, body| {
+            body.contains("system:serviceaccount:ns:b")
+        })
+        .await;
     assert!(swapped, "the ..data swap was seen");
     assert_eq!(sc.imds(&q("https://vault.azure.net")).await.status(), 200);
     let assertions: Vec<String> = entra
@@ -706,7 +661,7 @@ async fn a_late_file_and_a_recreated_file_are_picked_up() {
     let dir = tempfile::tempdir().expect("tmp");
     let path = dir.path().join("token");
     let sc = Sidecar::start(args(&entra.authority(), &path)).await;
-    let r = sc.http.get(sc.url("/readyz")).send().await.expect("readyz");
+    let r = sc.get("/readyz").await;
     assert_eq!(r.status(), 503);
     assert!(
         r.text()
@@ -721,44 +676,20 @@ async fn a_late_file_and_a_recreated_file_are_picked_up() {
 
     std::fs::write(&path, federated_jwt("system:serviceaccount:ns:late", 3600)).expect("write");
     assert!(
-        eventually(Duration::from_secs(3), || async {
-            sc.http
-                .get(sc.url("/readyz"))
-                .send()
-                .await
-                .map(|r| r.status() == 200)
-                .unwrap_or(false)
-        })
-        .await
+        sc.readyz_becomes(Duration::from_secs(3), |status, _| status == 200)
+            .await
     );
     assert_eq!(sc.imds(&q(RES)).await.status(), 200);
 
     std::fs::remove_file(&path).expect("rm");
     assert!(
-        eventually(Duration::from_secs(3), || async {
-            sc.http
-                .get(sc.url("/readyz"))
-                .send()
-                .await
-                .map(|r| r.status() == 503)
-                .unwrap_or(false)
-        })
-        .await
+        sc.readyz_becomes(Duration::from_secs(3), |status, _| status == 503)
+            .await
     );
     std::fs::write(&path, federated_jwt("system:serviceaccount:ns:again", 3600)).expect("write");
     assert!(
-        eventually(Duration::from_secs(3), || async {
-            sc.http
-                .get(sc.url("/readyz"))
-                .send()
-                .await
-                .expect("r")
-                .text()
-                .await
-                .unwrap_or_default()
-                .contains("ns:again")
-        })
-        .await
+        sc.readyz_becomes(Duration::from_secs(3), |_, body| body.contains("ns:again"))
+            .await
     );
 }
 
@@ -769,7 +700,7 @@ async fn expired_garbage_and_truncated_files_make_it_unready_with_a_reason() {
     let path = dir.path().join("token");
     std::fs::write(&path, federated_jwt("system:serviceaccount:ns:x", -30)).expect("write");
     let sc = Sidecar::start(args(&entra.authority(), &path)).await;
-    let readyz = || async { body(sc.http.get(sc.url("/readyz")).send().await.expect("r")).await };
+    let readyz = || async { body(sc.get("/readyz").await).await };
     let (status, b) = readyz().await;
     assert_eq!(status, 503);
     assert!(
@@ -804,9 +735,9 @@ async fn expired_garbage_and_truncated_files_make_it_unready_with_a_reason() {
 #[tokio::test]
 async fn health_readiness_and_metrics() {
     let (_entra, _dir, sc) = setup().await;
-    let (status, b) = body(sc.http.get(sc.url("/healthz")).send().await.expect("r")).await;
+    let (status, b) = body(sc.get("/healthz").await).await;
     assert_eq!((status, b["status"].as_str()), (200, Some("ok")));
-    let (status, b) = body(sc.http.get(sc.url("/readyz")).send().await.expect("r")).await;
+    let (status, b) = body(sc.get("/readyz").await).await;
     assert_eq!(status, 200);
     assert_eq!(
         b["federated_token"]["sub"],
@@ -848,16 +779,15 @@ async fn health_readiness_and_metrics() {
 
 #[tokio::test]
 async fn allowed_resources_refuse_before_calling_entra() {
-    let entra = FakeEntra::start().await;
-    let (_dir, path) = token_dir("system:serviceaccount:default:app");
-    let sc = Sidecar::start(identity_sidecar::cmd::serve::ServeArgs {
+    let (entra, _dir, sc) = SidecarOnFakeEntra::start_with(|a| ServeArgs {
         allowed_resources: vec![
             "https://vault.azure.net".parse().ok(),
             "https://storage.azure.com/*".parse().ok(),
         ],
-        ..args(&entra.authority(), &path)
+        ..a
     })
-    .await;
+    .await
+    .into_parts();
     let (status, b) = body(sc.imds(&q(RES)).await).await;
     assert_eq!(
         (status, b["error"].as_str()),

@@ -7,6 +7,8 @@ use identity_sidecar::cmd::serve::ServeArgs;
 use identity_sidecar::protocol::app_service::app_service_date;
 use identity_sidecar::protocol::user_agent::ExpiresOnMode;
 use support::fake_entra::FakeEntra;
+use support::request::{json_answer as body, urlencode};
+use support::sidecar_on_fake_entra::{SidecarOnFakeEntra, other_client_allowed};
 use support::*;
 
 const RES: &str = "https://management.azure.com";
@@ -19,30 +21,13 @@ const JS_152: &str =
 const JS_CURRENT: &str =
     "azsdk-js-identity/4.13.1 core-rest-pipeline/1.24.0 Node/20.20.2 (Linux 6.18.44-fc-v669; x64)";
 
-fn urlencode(s: &str) -> String {
-    form_urlencoded::byte_serialize(s.as_bytes()).collect()
-}
-
-async fn body(r: reqwest::Response) -> (u16, serde_json::Value) {
-    let status = r.status().as_u16();
-    let text = r.text().await.expect("body");
-    (
-        status,
-        serde_json::from_str(&text).unwrap_or_else(|_| panic!("JSON body, got {text:?}")),
-    )
-}
-
+/// A sidecar that also serves [`OTHER_CLIENT_ID`], with `tweak` applied.
 async fn start(
     tweak: impl FnOnce(ServeArgs) -> ServeArgs,
 ) -> (FakeEntra, tempfile::TempDir, Sidecar) {
-    let entra = FakeEntra::start().await;
-    let (dir, path) = token_dir("system:serviceaccount:default:app");
-    let sc = Sidecar::start(tweak(ServeArgs {
-        allowed_client_ids: vec![Some(guid(OTHER_CLIENT_ID))],
-        ..args(&entra.authority(), &path)
-    }))
-    .await;
-    (entra, dir, sc)
+    SidecarOnFakeEntra::start_with(|a| tweak(other_client_allowed(a)))
+        .await
+        .into_parts()
 }
 
 /// A 2017-09-01 request as the SDKs send it, with `user_agent` (or none).
@@ -176,17 +161,24 @@ Connection: close\r\n\r\n"
 
 /// A Cloud Shell form request: `POST path` with `Metadata: true` and a form body.
 async fn cloud_shell(sc: &Sidecar, path: &str, form: &str) -> (u16, serde_json::Value) {
-    body(
-        sc.http
-            .post(sc.url(path))
-            .header("Metadata", "true")
-            .header("Content-Type", "application/x-www-form-urlencoded")
-            .body(form.to_string())
-            .send()
-            .await
-            .expect("request"),
-    )
-    .await
+    post_form(sc, &[("Metadata", "true")], path, form).await
+}
+
+/// `POST path` with a form body (`Content-Type: application/x-www-form-urlencoded`) and `headers`.
+async fn post_form(
+    sc: &Sidecar,
+    headers: &[(&str, &str)],
+    path: &str,
+    form: &str,
+) -> (u16, serde_json::Value) {
+    let mut r = sc.http.post(sc.url(path));
+    for (name, value) in headers {
+        r = r.header(*name, *value);
+    }
+    let r = r
+        .header("Content-Type", "application/x-www-form-urlencoded")
+        .body(form.to_string());
+    body(r.send().await.expect("request")).await
 }
 
 #[tokio::test]
@@ -281,15 +273,7 @@ async fn cloud_shell_form_refusals() {
     let post = || sc.http.post(sc.url("/msi/token"));
 
     // The SSRF guard, with IMDS's wording.
-    let (status, b) = body(
-        post()
-            .header("Content-Type", "application/x-www-form-urlencoded")
-            .body(form.clone())
-            .send()
-            .await
-            .expect("r"),
-    )
-    .await;
+    let (status, b) = post_form(&sc, &[], "/msi/token", &form).await;
     assert_eq!(
         (status, b["error"].as_str(), b["error_description"].as_str()),
         (
@@ -300,29 +284,11 @@ async fn cloud_shell_form_refusals() {
     );
     assert_eq!(b["statusCode"], 400, "App Service's fields too: {b}");
     for metadata in ["false", ""] {
-        let (status, _) = body(
-            post()
-                .header("Metadata", metadata)
-                .header("Content-Type", "application/x-www-form-urlencoded")
-                .body(form.clone())
-                .send()
-                .await
-                .expect("r"),
-        )
-        .await;
+        let (status, _) = post_form(&sc, &[("Metadata", metadata)], "/msi/token", &form).await;
         assert_eq!(status, 400, "Metadata: {metadata:?}");
     }
-    let (status, _) = body(
-        post()
-            .header("Metadata", "true")
-            .header("X-Forwarded-For", "10.0.0.1")
-            .header("Content-Type", "application/x-www-form-urlencoded")
-            .body(form.clone())
-            .send()
-            .await
-            .expect("r"),
-    )
-    .await;
+    let forwarded = [("Metadata", "true"), ("X-Forwarded-For", "10.0.0.1")];
+    let (status, _) = post_form(&sc, &forwarded, "/msi/token", &form).await;
     assert_eq!(status, 400);
 
     // Not a form.

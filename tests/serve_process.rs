@@ -8,19 +8,33 @@ use support::fake_entra::{FakeEntra, Reply};
 use support::*;
 
 /// Arguments, environment, and the words the error must contain.
-type Case<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)], &'a [&'a str]);
+type Case<'a> = (Vec<&'a str>, &'a [(&'a str, &'a str)], &'a [&'a str]);
+
+/// `serve` with every required flag (the token file need not exist), then `extra`.
+fn serve_configured<'a>(extra: &[&'a str]) -> Vec<&'a str> {
+    let required = [
+        "serve",
+        "--client-id",
+        CLIENT_ID,
+        "--tenant-id",
+        TENANT_ID,
+        "--token-file",
+        "/t",
+    ];
+    [&required[..], extra].concat()
+}
 
 #[test]
 fn configuration_mistakes_exit_2_naming_flag_and_variable() {
     let cases: &[Case] = &[
-        (&["serve"], &[], &["--client-id", "AZURE_CLIENT_ID"]),
+        (vec!["serve"], &[], &["--client-id", "AZURE_CLIENT_ID"]),
         (
-            &["serve", "--client-id", CLIENT_ID],
+            vec!["serve", "--client-id", CLIENT_ID],
             &[],
             &["--tenant-id", "AZURE_TENANT_ID"],
         ),
         (
-            &["serve"],
+            vec!["serve"],
             &[
                 ("AZURE_CLIENT_ID", CLIENT_ID),
                 ("AZURE_TENANT_ID", TENANT_ID),
@@ -28,7 +42,7 @@ fn configuration_mistakes_exit_2_naming_flag_and_variable() {
             &["--token-file", "AZURE_FEDERATED_TOKEN_FILE"],
         ),
         (
-            &[
+            vec![
                 "serve",
                 "--client-id",
                 "not-a-guid",
@@ -41,7 +55,7 @@ fn configuration_mistakes_exit_2_naming_flag_and_variable() {
             &["--client-id", "AZURE_CLIENT_ID", "GUID"],
         ),
         (
-            &["serve"],
+            vec!["serve"],
             &[
                 ("AZURE_CLIENT_ID", CLIENT_ID),
                 ("AZURE_TENANT_ID", TENANT_ID),
@@ -51,30 +65,12 @@ fn configuration_mistakes_exit_2_naming_flag_and_variable() {
             &["--authority-host", "AZURE_AUTHORITY_HOST", "https"],
         ),
         (
-            &[
-                "serve",
-                "--client-id",
-                CLIENT_ID,
-                "--tenant-id",
-                TENANT_ID,
-                "--token-file",
-                "/t",
-            ],
+            serve_configured(&[]),
             &[("IDENTITY_SIDECAR_LISTEN", "127.0.0.1")],
             &["--listen", "IDENTITY_SIDECAR_LISTEN"],
         ),
         (
-            &[
-                "serve",
-                "--client-id",
-                CLIENT_ID,
-                "--tenant-id",
-                TENANT_ID,
-                "--token-file",
-                "/t",
-                "--log-format",
-                "xml",
-            ],
+            serve_configured(&["--log-format", "xml"]),
             &[],
             &["--log-format", "IDENTITY_SIDECAR_LOG_FORMAT"],
         ),
@@ -112,16 +108,11 @@ async fn no_secret_reaches_the_logs_at_any_level() {
         .trim()
         .to_string();
     for format in ["text", "json"] {
-        let p = Process::spawn(
-            &["serve", "--listen", "127.0.0.1:0", "--log-format", format],
-            &[
-                ("AZURE_CLIENT_ID", CLIENT_ID),
-                ("AZURE_TENANT_ID", TENANT_ID),
-                ("AZURE_FEDERATED_TOKEN_FILE", path.to_str().expect("utf8")),
-                ("AZURE_AUTHORITY_HOST", &entra.authority()),
-                ("IDENTITY_HEADER", IDENTITY_HEADER),
-                ("RUST_LOG", "trace"),
-            ],
+        let p = Process::serve(
+            &entra.authority(),
+            &path,
+            &["--log-format", format],
+            &[("IDENTITY_HEADER", IDENTITY_HEADER), ("RUST_LOG", "trace")],
         );
         let addr = p.wait_listening();
         let http = client();
@@ -203,15 +194,7 @@ async fn sigterm_lets_requests_in_flight_finish() {
     let entra = FakeEntra::start().await;
     entra.set_default(Reply::Delay(Duration::from_millis(1500)));
     let (_dir, path) = token_dir("system:serviceaccount:default:app");
-    let p = Process::spawn(
-        &["serve", "--listen", "127.0.0.1:0"],
-        &[
-            ("AZURE_CLIENT_ID", CLIENT_ID),
-            ("AZURE_TENANT_ID", TENANT_ID),
-            ("AZURE_FEDERATED_TOKEN_FILE", path.to_str().expect("utf8")),
-            ("AZURE_AUTHORITY_HOST", &entra.authority()),
-        ],
-    );
+    let p = Process::serve(&entra.authority(), &path, &[], &[]);
     let addr = p.wait_listening();
     let http = client();
     let mut inflight = Vec::new();
@@ -280,25 +263,15 @@ async fn default_logs_tell_operators_what_happened_without_a_line_per_request() 
         .trim()
         .to_string();
     for access_log in [false, true] {
-        let mut args = vec![
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--log-summary-interval",
-            "500ms",
-        ];
+        let mut args = vec!["--log-summary-interval", "500ms"];
         if access_log {
             args.push("--access-log");
         }
-        let p = Process::spawn(
+        let p = Process::serve(
+            &entra.authority(),
+            &path,
             &args,
-            &[
-                ("AZURE_CLIENT_ID", CLIENT_ID),
-                ("AZURE_TENANT_ID", TENANT_ID),
-                ("AZURE_FEDERATED_TOKEN_FILE", path.to_str().expect("utf8")),
-                ("AZURE_AUTHORITY_HOST", &entra.authority()),
-                ("IDENTITY_HEADER", IDENTITY_HEADER),
-            ],
+            &[("IDENTITY_HEADER", IDENTITY_HEADER)],
         );
         let addr = p.wait_listening();
         let http = client();

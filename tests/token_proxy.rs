@@ -11,8 +11,10 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use identity_sidecar::cmd::flags;
-use identity_sidecar::mock_aad::{self, DEFAULT_SUBJECT, MockAad, MockAadConfig};
+use identity_sidecar::mock_aad::{self, MockAad, MockAadConfig};
+use support::mock_entra::minted_token_file;
 use support::mock_sdk::{Client, sdks_or_skip};
+use support::request::assert_status;
 use support::token_proxy::TokenProxy;
 use support::{Process, guid};
 
@@ -39,11 +41,7 @@ async fn setup() -> Setup {
     )
     .await;
     let dir = tempfile::tempdir().expect("tempdir");
-    let token_file = dir.path().join("token");
-    let token = mock
-        .mint_federated_token(DEFAULT_SUBJECT, Duration::from_secs(3600))
-        .expect("mint");
-    std::fs::write(&token_file, token).expect("write token");
+    let token_file = minted_token_file(&mock, dir.path());
     let ca_file = dir.path().join("ca.crt");
     std::fs::write(&ca_file, proxy.ca_pem()).expect("write CA");
     Setup {
@@ -102,21 +100,8 @@ async fn sidecar_and_azure_identity_send_the_same_request_through_the_token_prox
     let s = setup().await;
     let sidecar = s.sidecar(SNI).await;
     let resp = sidecar.imds(&imds("https://management.azure.com")).await;
-    assert_eq!(
-        resp.status(),
-        200,
-        "{}",
-        resp.text().await.unwrap_or_default()
-    );
-    let ready: serde_json::Value = sidecar
-        .http
-        .get(sidecar.url("/readyz"))
-        .send()
-        .await
-        .expect("readyz")
-        .json()
-        .await
-        .expect("json");
+    assert_status(resp, 200).await;
+    let ready: serde_json::Value = sidecar.get("/readyz").await.json().await.expect("json");
     assert_eq!(ready["token_proxy"], s.proxy.url(), "{ready}");
     sidecar.stop().await;
     let from_sidecar = s.proxy.seen();

@@ -13,6 +13,8 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
+#[path = "support/checkers.rs"]
+mod checkers;
 #[path = "support/fake_kube.rs"]
 mod fake_kube;
 #[path = "support/system.rs"]
@@ -20,8 +22,9 @@ mod system;
 #[path = "support/webhook_proc.rs"]
 mod webhook_proc;
 
+use checkers::{assert_patches_valid, write_patch_case};
 use fake_kube::FakeKube;
-use webhook_proc::{Webhook, apply, patch_of, review};
+use webhook_proc::{Webhook, apply, corpus_pod, patch_of, review};
 
 const REPO: &str = env!("CARGO_MANIFEST_DIR");
 const NS: &str = "shop";
@@ -81,11 +84,7 @@ async fn setup(extra: &[&str]) -> (FakeKube, Webhook) {
             ),
         ],
     );
-    let dir = tempfile::tempdir().expect("tmp");
-    let kubeconfig = kube.kubeconfig(dir.path());
-    let wh = Webhook::start(&kubeconfig, extra);
-    // The kubeconfig is read at start; the directory may go.
-    drop(dir);
+    let wh = Webhook::start_against(&kube, extra);
     (kube, wh)
 }
 
@@ -110,13 +109,7 @@ fn corpus() -> Vec<(String, Value)> {
 /// A pod near the API's size limit: 20 containers with 400 variables each, plus a 512 KiB
 /// annotation (about 1.5 MB of JSON).
 fn large_pod() -> Value {
-    let base: Value = serde_json::from_str(
-        &std::fs::read_to_string(format!(
-            "{REPO}/tests/webhook/corpus/deployment-generate-name.json"
-        ))
-        .expect("read"),
-    )
-    .expect("json");
+    let base = corpus_pod("deployment-generate-name");
     let mut pod = base.clone();
     let template = base["spec"]["containers"][0].clone();
     let mut containers = Vec::new();
@@ -406,22 +399,6 @@ fn azwi(pod: &Value) -> bool {
     pod["metadata"]["labels"]["azure.workload.identity/use"] == "true"
 }
 
-/// Where the webhook tools are (scripts/install-webhook-tools), or None after a loud SKIP.
-fn webhook_tools() -> Option<PathBuf> {
-    let venv = std::env::var_os("IDENTITY_SIDECAR_WEBHOOK_TOOLS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(REPO).join(".cache/webhook/venv"));
-    if venv.join("bin/kubernetes-validate").exists() {
-        return Some(venv);
-    }
-    system::skip(&format!(
-        "jsonpatch and kubernetes-validate are not installed in {}: run \
-             scripts/install-webhook-tools",
-        venv.display()
-    ));
-    None
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn corpus_follows_the_pod_rules_validates_and_a_second_call_changes_nothing() {
     let (_kube, wh) = setup(&[]).await;
@@ -450,40 +427,17 @@ async fn corpus_follows_the_pod_rules_validates_and_a_second_call_changes_nothin
             "{name}: second call patched: {again}"
         );
         if name != "very-large" {
-            let case = json!({"name": name, "pod": pod, "patch": ops, "expected": mutated});
-            std::fs::write(
-                cases.path().join(format!("{name}.case.json")),
-                serde_json::to_vec(&case).expect("json"),
-            )
-            .expect("write case");
+            write_patch_case(cases.path(), &name, &pod, &ops, &mutated);
         }
     }
-
-    // The second opinion: Python jsonpatch and kubernetes-validate --strict (1.29 and newest).
-    let Some(venv) = webhook_tools() else { return };
-    let out = Command::new(venv.join("bin/python"))
-        .arg(format!("{REPO}/tests/webhook/validate.py"))
-        .arg(cases.path())
-        .arg(venv.join("bin/kubernetes-validate"))
-        .stdin(Stdio::null())
-        .output()
-        .expect("run validate.py");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(out.status.success(), "validation failed:\n{text}");
-    let n = corpus().len() - 1;
-    assert!(
-        text.contains(&format!("webhook corpus: {n} passed, 0 failed")),
-        "unexpected output:\n{text}"
-    );
     if let Ok(dir) = std::env::var("IDENTITY_SIDECAR_WEBHOOK_KEEP_CASES") {
         for e in std::fs::read_dir(cases.path()).expect("dir").flatten() {
             let _ = std::fs::copy(e.path(), Path::new(&dir).join(e.file_name()));
         }
     }
+
+    // The second opinion: Python jsonpatch and kubernetes-validate --strict (1.29 and newest).
+    assert_patches_valid(cases.path(), corpus().len() - 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -544,13 +498,7 @@ async fn identity_comes_from_the_service_account_and_the_pod_annotation_override
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refusals_say_what_to_change() {
     let (_kube, wh) = setup(&[]).await;
-    let base: Value = serde_json::from_str(
-        &std::fs::read_to_string(format!(
-            "{REPO}/tests/webhook/corpus/deployment-generate-name.json"
-        ))
-        .expect("read"),
-    )
-    .expect("json");
+    let base = corpus_pod("deployment-generate-name");
     let refused = |resp: &Value| -> String {
         assert_eq!(resp["allowed"], false, "not refused: {resp}");
         assert!(resp.get("patch").is_none());
@@ -710,13 +658,7 @@ async fn the_admin_port_is_named_probed_movable_and_never_taken_from_the_app() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pods_without_the_label_and_other_requests_are_allowed_unchanged() {
     let (_kube, wh) = setup(&[]).await;
-    let mut pod: Value = serde_json::from_str(
-        &std::fs::read_to_string(format!(
-            "{REPO}/tests/webhook/corpus/deployment-generate-name.json"
-        ))
-        .expect("read"),
-    )
-    .expect("json");
+    let mut pod = corpus_pod("deployment-generate-name");
     for op in ["UPDATE", "DELETE", "CONNECT"] {
         let r = wh
             .post(
@@ -814,21 +756,11 @@ async fn bad_input_gets_a_clear_error_and_never_kills_the_webhook() {
     }
     // Review-shaped but odd: a pod CREATE whose object is not a pod, a pod with wrong types.
     let mut weird = review(&json!("a string"), NS, "CREATE");
-    let v: Value = wh
-        .post(serde_json::to_vec(&weird).expect("j"), "application/json")
-        .await
-        .json()
-        .await
-        .expect("j");
+    let v = wh.post_json(&weird).await;
     assert_eq!(v["response"]["allowed"], true, "not opted in: allowed");
     weird["request"]["object"] = json!({"metadata": {"labels": {"identity-sidecar.io/inject": "true"}},
         "spec": {"containers": "nope", "initContainers": 7, "volumes": {"a": 1}}});
-    let v: Value = wh
-        .post(serde_json::to_vec(&weird).expect("j"), "application/json")
-        .await
-        .json()
-        .await
-        .expect("j");
+    let v = wh.post_json(&weird).await;
     assert!(v["response"]["allowed"].is_boolean(), "{v}");
     let r = wh.http.get(wh.url("/mutate")).send().await.expect("get");
     assert_eq!(r.status().as_u16(), 405);
@@ -864,23 +796,9 @@ async fn health_readiness_and_metrics_share_the_listener() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(ok, "never ready: {}", wh.logs());
-    let pod: Value = serde_json::from_str(
-        &std::fs::read_to_string(format!(
-            "{REPO}/tests/webhook/corpus/deployment-generate-name.json"
-        ))
-        .expect("read"),
-    )
-    .expect("json");
+    let pod = corpus_pod("deployment-generate-name");
     wh.mutate(&pod, NS).await;
-    let m = wh
-        .http
-        .get(wh.url("/metrics"))
-        .send()
-        .await
-        .expect("m")
-        .text()
-        .await
-        .expect("t");
+    let m = wh.metrics().await;
     assert!(
         m.contains("identity_sidecar_webhook_admissions_total{outcome=\"patched\"} 1"),
         "{m}"
@@ -910,13 +828,7 @@ async fn health_readiness_and_metrics_share_the_listener() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_pod_gets_its_own_identity_header() {
     let (_kube, wh) = setup(&[]).await;
-    let pod: Value = serde_json::from_str(
-        &std::fs::read_to_string(format!(
-            "{REPO}/tests/webhook/corpus/deployment-generate-name.json"
-        ))
-        .expect("read"),
-    )
-    .expect("json");
+    let pod = corpus_pod("deployment-generate-name");
     let header = |m: &Value| {
         env_value(&containers(m, "containers")[0], "IDENTITY_HEADER").expect("h")["value"].clone()
     };
@@ -938,13 +850,7 @@ async fn each_pod_gets_its_own_identity_header() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fields_unknown_to_any_schema_survive() {
     let (_kube, wh) = setup(&[]).await;
-    let mut pod: Value = serde_json::from_str(
-        &std::fs::read_to_string(format!(
-            "{REPO}/tests/webhook/corpus/istio-native-sidecar.json"
-        ))
-        .expect("read"),
-    )
-    .expect("json");
+    let mut pod = corpus_pod("istio-native-sidecar");
     pod["spec"]["futurePodField"] = json!({"x": [1, 2, {"y": null}]});
     pod["spec"]["initContainers"][1]["futureContainerField"] = json!("keep me");
     pod["spec"]["containers"][0]["env"] =
@@ -1125,13 +1031,7 @@ fn token_only_in_sidecar(pod: &Value, order: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn coexists_with_the_azure_workload_identity_webhook_in_either_order() {
     let (_kube, wh) = setup(&[]).await;
-    let mut pod: Value = serde_json::from_str(
-        &std::fs::read_to_string(format!(
-            "{REPO}/tests/webhook/corpus/existing-init-containers.json"
-        ))
-        .expect("read"),
-    )
-    .expect("json");
+    let mut pod = corpus_pod("existing-init-containers");
     pod["metadata"]["labels"]["azure.workload.identity/use"] = json!("true");
 
     // azwi first (its configuration sorts first by name), then us.
@@ -1173,13 +1073,7 @@ async fn coexists_with_the_azure_workload_identity_webhook_in_either_order() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn containers_added_by_a_later_webhook_get_the_environment_on_reinvocation() {
     let (_kube, wh) = setup(&[]).await;
-    let pod: Value = serde_json::from_str(
-        &std::fs::read_to_string(format!(
-            "{REPO}/tests/webhook/corpus/deployment-generate-name.json"
-        ))
-        .expect("read"),
-    )
-    .expect("json");
+    let pod = corpus_pod("deployment-generate-name");
     let (p, calls) = api_server(
         &pod,
         &[Hook::Ours(&wh), Hook::Local(late_container_webhook)],
@@ -1204,13 +1098,7 @@ async fn containers_added_by_a_later_webhook_get_the_environment_on_reinvocation
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn certificate_rotation_under_continuous_requests_fails_no_request() {
     let (_kube, wh) = setup(&[]).await;
-    let pod: Value = serde_json::from_str(
-        &std::fs::read_to_string(format!(
-            "{REPO}/tests/webhook/corpus/deployment-generate-name.json"
-        ))
-        .expect("read"),
-    )
-    .expect("json");
+    let pod = corpus_pod("deployment-generate-name");
     let body = serde_json::to_vec(&review(&pod, NS, "CREATE")).expect("json");
     // New CAs for the rotations; the clients trust the old and the new ones, as the API server
     // does while cert-manager's caBundle injection catches up.

@@ -6,11 +6,15 @@
 //! namespace excluded, RBAC limited to reading ServiceAccounts). The checks live in
 //! `tests/manifests/check_webhook.py`. Without kubectl or the tools it prints a loud SKIP, or fails
 //! when the environment requires them (tests/support/system.rs).
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 
+#[path = "support/checkers.rs"]
+mod checkers;
 #[path = "support/system.rs"]
 mod system;
+
+use checkers::{assert_checks_pass, webhook_tools};
 
 const REPO: &str = env!("CARGO_MANIFEST_DIR");
 
@@ -32,13 +36,9 @@ fn webhook_manifests_render_validate_and_keep_the_rules() {
         system::skip("kubectl not found: webhook manifests not rendered or validated");
         return;
     }
-    let venv = std::env::var_os("IDENTITY_SIDECAR_WEBHOOK_TOOLS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(REPO).join(".cache/webhook/venv"));
-    if !venv.join("bin/kubernetes-validate").exists() {
-        system::skip("kubernetes-validate is not installed: run scripts/install-webhook-tools");
+    let Some(venv) = webhook_tools() else {
         return;
-    }
+    };
     // A copy, so the generated key never lands in the source tree.
     let tmp = tempfile::tempdir().expect("tmp");
     let webhook = tmp.path().join("webhook");
@@ -54,24 +54,11 @@ fn webhook_manifests_render_validate_and_keep_the_rules() {
         "certs failed: {}",
         String::from_utf8_lossy(&certs.stderr)
     );
-    let out = Command::new(venv.join("bin/python"))
-        .arg(format!("{REPO}/tests/manifests/check_webhook.py"))
-        .arg(venv.join("bin/kubernetes-validate"))
-        .arg(&webhook)
-        .stdin(Stdio::null())
-        .output()
-        .expect("run check_webhook.py");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        out.status.success(),
-        "webhook manifest checks failed:\n{text}"
-    );
-    assert!(
-        text.contains("2 passed, 0 failed"),
-        "unexpected output:\n{text}"
+    assert_checks_pass(
+        Command::new(venv.join("bin/python"))
+            .arg(format!("{REPO}/tests/manifests/check_webhook.py"))
+            .arg(venv.join("bin/kubernetes-validate"))
+            .arg(&webhook),
+        "webhook manifests: 2 passed, 0 failed",
     );
 }

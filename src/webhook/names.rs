@@ -39,6 +39,12 @@ pub const AZWI_INJECT_PROXY: &str = "azure.workload.identity/inject-proxy-sideca
 /// What the webhook injects.
 pub const SIDECAR_NAME: &str = "identity-sidecar";
 pub const INIT_NAME: &str = "identity-sidecar-init";
+/// Node mode's init container: waits until the node agent serves inside the pod.
+pub const NODE_WAIT_NAME: &str = "identity-sidecar-wait";
+/// The value of `identity-sidecar.io/mode` (label or annotation) that asks for node mode.
+pub const MODE_NODE: &str = "node";
+/// How long node mode's init container waits for the agent before it fails (and is restarted).
+pub const NODE_WAIT_SECONDS: u64 = 120;
 pub const TOKEN_VOLUME: &str = "identity-sidecar-token";
 pub const XTABLES_VOLUME: &str = "identity-sidecar-xtables-lock";
 /// Not Azure Workload Identity's path, so both tokens can be mounted into the sidecar at once

@@ -7,11 +7,11 @@ Usage: check.py KUBERNETES_VALIDATE_BIN   (run by tests/manifests/check.sh)
 Prints one line per overlay and a closing "N passed, N failed" line; exit 1 on any failure.
 """
 import os
-import subprocess
 import sys
-import tempfile
 
 import yaml
+
+from manifest_checks import check, kustomize, report, validate_strict
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 OVERLAYS = os.path.join(REPO, "manifests", "overlays")
@@ -30,35 +30,6 @@ BASELINE_CAPS = {"AUDIT_WRITE", "CHOWN", "DAC_OVERRIDE", "FOWNER", "FSETID", "KI
                  "NET_BIND_SERVICE", "SETFCAP", "SETGID", "SETPCAP", "SETUID", "SYS_CHROOT"}
 RESTRICTED_VOLUMES = {"configMap", "csi", "downwardAPI", "emptyDir", "ephemeral",
                       "persistentVolumeClaim", "projected", "secret"}
-
-
-class Fail(Exception):
-    pass
-
-
-def check(cond, msg):
-    if not cond:
-        raise Fail(msg)
-
-
-def render(overlay):
-    out = subprocess.run(["kubectl", "kustomize", overlay], capture_output=True, text=True)
-    check(out.returncode == 0, f"kubectl kustomize failed: {out.stderr.strip()}")
-    return out.stdout
-
-
-def validate(validator, text, versions):
-    with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
-        f.write(text)
-        path = f.name
-    try:
-        for v in versions:
-            out = subprocess.run([validator, "--strict", "--quiet", "-k", v, path],
-                                 capture_output=True, text=True)
-            check(out.returncode == 0,
-                  f"kubernetes-validate --strict -k {v}: {(out.stdout + out.stderr).strip()}")
-    finally:
-        os.unlink(path)
 
 
 def admin_port(c):
@@ -282,9 +253,9 @@ def check_pod_security(where, spec, overlay):
 
 def check_overlay(overlay_dir, validator):
     overlay = os.path.basename(overlay_dir)
-    text = render(overlay_dir)
+    text = kustomize(overlay_dir)
     versions = ["1.29.0", "1.37.0"] + (["1.25.0"] if overlay == "legacy-sidecar" else [])
-    validate(validator, text, versions)
+    validate_strict(validator, text, versions)
     docs = [d for d in yaml.safe_load_all(text) if d]
     sas = {d["metadata"]["name"]: d["metadata"].get("annotations", {}) for d in docs if d["kind"] == "ServiceAccount"}
     workloads = [d for d in docs if d["kind"] in ("Deployment", "Job", "StatefulSet", "DaemonSet")]
@@ -300,21 +271,11 @@ def check_overlay(overlay_dir, validator):
 def main():
     validator = sys.argv[1]
     found = sorted(os.listdir(OVERLAYS))
-    passed = failed = 0
     missing = EXPECTED - set(found)
     if missing:
         print(f"FAIL overlays missing: {sorted(missing)}")
-        failed += 1
-    for name in found:
-        try:
-            check_overlay(os.path.join(OVERLAYS, name), validator)
-            print(f"ok   {name}")
-            passed += 1
-        except Fail as e:
-            print(f"FAIL {name}: {e}")
-            failed += 1
-    print(f"manifests: {passed} passed, {failed} failed")
-    return 1 if failed else 0
+    cases = [(name, lambda d=os.path.join(OVERLAYS, name): check_overlay(d, validator)) for name in found]
+    return report("manifests", cases, failed=1 if missing else 0)
 
 
 if __name__ == "__main__":

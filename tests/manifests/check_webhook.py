@@ -9,43 +9,25 @@ WEBHOOK_DIR is a copy of manifests/webhook whose static-certs/ holds generated c
 Prints one line per kustomization and "N passed, N failed"; exit 1 on any failure.
 """
 import os
-import subprocess
 import sys
-import tempfile
 
 import yaml
+
+from manifest_checks import check, kustomize, report, validate_strict
 
 NS = "identity-sidecar-system"
 NAME = "identity-sidecar-webhook"
 CERT_MANAGER_KINDS = {"Certificate", "Issuer"}
 
 
-class Fail(Exception):
-    pass
-
-
-def check(cond, msg):
-    if not cond:
-        raise Fail(msg)
-
-
 def render(d):
-    out = subprocess.run(["kubectl", "kustomize", d], capture_output=True, text=True)
-    check(out.returncode == 0, f"kubectl kustomize {d}: {out.stderr.strip()}")
-    return [x for x in yaml.safe_load_all(out.stdout) if x]
+    return [x for x in yaml.safe_load_all(kustomize(d)) if x]
 
 
 def validate(validator, docs):
+    """The core kinds, strictly; cert-manager's kinds have no schema there and are checked below."""
     core = [d for d in docs if d["kind"] not in CERT_MANAGER_KINDS]
-    with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
-        yaml.safe_dump_all(core, f)
-        path = f.name
-    try:
-        for v in ["1.29.0", "1.37.0"]:
-            r = subprocess.run([validator, "--strict", "--quiet", "-k", v, path], capture_output=True, text=True)
-            check(r.returncode == 0, f"kubernetes-validate --strict -k {v}: {(r.stdout + r.stderr).strip()}")
-    finally:
-        os.unlink(path)
+    validate_strict(validator, yaml.safe_dump_all(core), ["1.29.0", "1.37.0"])
 
 
 def one(docs, kind, name=NAME):
@@ -121,22 +103,19 @@ def check_static(docs):
     check(not any(d["kind"] in CERT_MANAGER_KINDS for d in docs), "no cert-manager kinds without cert-manager")
 
 
+def check_kustomization(validator, d, rules):
+    docs = render(d)
+    validate(validator, docs)
+    rules(docs)
+
+
 def main():
     validator, webhook = sys.argv[1], sys.argv[2]
-    passed = failed = 0
-    for name, d, rules in [("cert-manager", webhook, check_cert_manager),
-                           ("static-certs", os.path.join(webhook, "static-certs"), check_static)]:
-        try:
-            docs = render(d)
-            validate(validator, docs)
-            rules(docs)
-            print(f"ok   {name}")
-            passed += 1
-        except Fail as e:
-            print(f"FAIL {name}: {e}")
-            failed += 1
-    print(f"webhook manifests: {passed} passed, {failed} failed")
-    return 1 if failed else 0
+    return report("webhook manifests", [
+        ("cert-manager", lambda: check_kustomization(validator, webhook, check_cert_manager)),
+        ("static-certs",
+         lambda: check_kustomization(validator, os.path.join(webhook, "static-certs"), check_static)),
+    ])
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt as _, Full};
+use http_body_util::Full;
 use hyper::service::service_fn;
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
@@ -28,6 +28,28 @@ pub enum Reply {
     Delay(Duration),
     /// Never answer.
     Hang,
+}
+
+impl Reply {
+    /// An Entra error answer: `status` with an [`entra_error`] body, no Retry-After.
+    pub fn entra_error(status: u16, error: &str, code: u32, text: &str) -> Reply {
+        Reply::Status {
+            status,
+            body: entra_error(error, code, text),
+            retry_after: None,
+        }
+    }
+
+    /// AADSTS70021 (400): no federated credential of the app matches the assertion's issuer and
+    /// subject, the usual mistake in a new set-up.
+    pub fn no_matching_federated_credential() -> Reply {
+        Reply::entra_error(
+            400,
+            "invalid_request",
+            70021,
+            "No matching federated identity record found for presented assertion.",
+        )
+    }
 }
 
 /// One recorded token request.
@@ -155,12 +177,7 @@ async fn handle(
         });
         return Ok(Response::new(Full::new(Bytes::from(doc.to_string()))));
     }
-    let body = req
-        .into_body()
-        .collect()
-        .await
-        .map(|b| b.to_bytes())
-        .unwrap_or_default();
+    let body = super::fake_http::read_body(req).await;
     let form: Vec<(String, String)> = form_urlencoded::parse(&body).into_owned().collect();
     let mut reply = {
         let mut s = st.lock().expect("lock");

@@ -5,7 +5,6 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::time::Duration;
 
 use identity_sidecar::mock_aad::{self, MockAad, MockAadConfig};
 
@@ -28,11 +27,8 @@ impl MockServe {
     pub async fn start(cfg: MockAadConfig, extra: &[&str]) -> MockServe {
         let mock = mock_aad::start(cfg).await.expect("mock Entra ID starts");
         let dir = tempfile::tempdir().expect("tempdir");
-        let federated_token = mock
-            .mint_federated_token(mock_aad::config::DEFAULT_SUBJECT, Duration::from_secs(3600))
-            .expect("mint a federated token");
-        let token_file = dir.path().join("token");
-        std::fs::write(&token_file, format!("{federated_token}\n")).expect("write token");
+        let token_file = super::mock_entra::minted_token_file(&mock, dir.path());
+        let federated_token = std::fs::read_to_string(&token_file).expect("read token");
         let ca = mock
             .ca_pem_path()
             .expect("the mock serves TLS")

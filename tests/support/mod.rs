@@ -1,13 +1,31 @@
 //! Fixtures shared by the integration tests: a scriptable fake Entra ID, federated-token files,
-//! and a sidecar started in-process or as a real process.
+//! and a sidecar started in-process or as a real process. What sets up what:
+//!
+//! - here: test identities, federated tokens and kubelet's token layout, [`Sidecar`] (in this
+//!   process) and [`Process`] (the binary, its output collected);
+//! - `sidecar_on_fake_entra`: the usual start, a fake Entra ID and a sidecar using it;
+//! - `sidecar_process`: `serve` as a process configured like a pod, one-shot commands run to end;
+//! - `request`: requests to a sidecar and how answers are read; `fake_entra`, `fake_http`,
+//!   `connect_proxy`, `token_proxy`: the loopback fakes; `mock_entra`: the mock Entra ID's tokens;
+//! - `sdk`, `mock_sdk`: the real SDKs as processes; `system`: the skip rule.
+//!
+//! Included on their own with `#[path]` (and by the webhook benchmark): `fake_kube` (a fake
+//! Kubernetes API), `webhook_proc` (the webhook as a process), `checkers` (the Python checkers),
+//! `mock_client` (requests to the mock Entra ID).
 #![allow(dead_code)]
 
 pub mod connect_proxy;
 pub mod fake_entra;
+pub mod fake_http;
+#[cfg(feature = "mock")]
+pub mod mock_entra;
 pub mod mock_sdk;
 #[cfg(feature = "mock")]
 pub mod mock_serve;
+pub mod request;
 pub mod sdk;
+pub mod sidecar_on_fake_entra;
+pub mod sidecar_process;
 pub mod system;
 pub mod token_proxy;
 
@@ -18,6 +36,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use base64::Engine as _;
 use identity_sidecar::cmd::flags;
 use identity_sidecar::cmd::serve::{self, ServeArgs};
+use identity_sidecar::config::ServeConfig;
 use identity_sidecar::core::secret::Secret;
 use identity_sidecar::server::Running;
 
@@ -121,7 +140,12 @@ pub struct Sidecar {
 impl Sidecar {
     pub async fn start(args: ServeArgs) -> Sidecar {
         let cfg = args.validate().expect("valid test configuration");
-        let running = serve::start(&cfg).await.expect("sidecar starts");
+        Sidecar::start_config(&cfg).await
+    }
+
+    /// With a configuration the test finished by hand (settings no flag reaches).
+    pub async fn start_config(cfg: &ServeConfig) -> Sidecar {
+        let running = serve::start(cfg).await.expect("sidecar starts");
         let addr = running.local_addrs()[0];
         Sidecar {
             running: Some(running),

@@ -171,3 +171,61 @@ pub fn matrix_client(
     }
     run(cmd)
 }
+
+/// Where an SDK finds a sidecar: the environment of each managed-identity flavor, pointing at one
+/// sidecar (owned strings, so it moves into `spawn_blocking`).
+#[derive(Clone, Debug)]
+pub struct SidecarEnv {
+    base: String,
+}
+
+impl SidecarEnv {
+    pub fn of(sc: &super::Sidecar) -> SidecarEnv {
+        SidecarEnv {
+            base: format!("http://{}", sc.addr),
+        }
+    }
+
+    /// IMDS, through `AZURE_POD_IDENTITY_AUTHORITY_HOST`.
+    pub fn imds(&self) -> Vec<(&'static str, String)> {
+        vec![("AZURE_POD_IDENTITY_AUTHORITY_HOST", self.base.clone())]
+    }
+
+    /// App Service 2019-08-01: `IDENTITY_ENDPOINT` and `IDENTITY_HEADER` set to `header`.
+    pub fn app_service(&self, header: &str) -> Vec<(&'static str, String)> {
+        vec![
+            ("IDENTITY_ENDPOINT", format!("{}/msi/token", self.base)),
+            ("IDENTITY_HEADER", header.to_string()),
+        ]
+    }
+
+    /// App Service 2017-09-01: `MSI_ENDPOINT` and `MSI_SECRET` set to `secret`.
+    pub fn msi(&self, secret: &str) -> Vec<(&'static str, String)> {
+        vec![
+            ("MSI_ENDPOINT", format!("{}/msi/token", self.base)),
+            ("MSI_SECRET", secret.to_string()),
+        ]
+    }
+
+    /// The Cloud Shell form: `MSI_ENDPOINT` alone.
+    pub fn cloud_shell(&self) -> Vec<(&'static str, String)> {
+        vec![("MSI_ENDPOINT", format!("{}/msi/token", self.base))]
+    }
+}
+
+/// Asserts the outcome of each named SDK run: a run named for a `wrong` header or secret, or an
+/// `unknown` identity, must fail; every other must get a token the fake Entra ID issued.
+pub fn assert_outcomes(outs: &[(&str, serde_json::Value)]) {
+    for (what, out) in outs {
+        if what.contains("wrong") || what.contains("unknown") {
+            assert_eq!(out["ok"], false, "{what} must fail: {out}");
+        } else {
+            assert_eq!(out["ok"], true, "{what}: {out}");
+            let t = out["token"].as_str().unwrap_or_default();
+            assert!(
+                t.starts_with("fake-access-token-"),
+                "{what}: the fake Entra's token, got {out}"
+            );
+        }
+    }
+}

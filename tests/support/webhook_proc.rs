@@ -128,6 +128,13 @@ impl Webhook {
         }
     }
 
+    /// Starts the webhook against `kube` with extra flags; the kubeconfig pointing at `kube` is
+    /// read at start, from a directory that goes right after.
+    pub fn start_against(kube: &super::fake_kube::FakeKube, extra: &[&str]) -> Webhook {
+        let dir = tempfile::tempdir().expect("tmp");
+        Webhook::start(&kube.kubeconfig(dir.path()), extra)
+    }
+
     pub fn logs(&self) -> String {
         self.logs.lock().expect("lock").clone()
     }
@@ -152,6 +159,21 @@ impl Webhook {
             .send()
             .await
             .expect("request")
+    }
+
+    /// POSTs `body` as JSON to /mutate and returns the JSON answer, whatever its status.
+    pub async fn post_json(&self, body: &Value) -> Value {
+        self.post(serde_json::to_vec(body).expect("json"), "application/json")
+            .await
+            .json()
+            .await
+            .expect("a JSON answer")
+    }
+
+    /// `GET /metrics`: the Prometheus text.
+    pub async fn metrics(&self) -> String {
+        let answer = self.http.get(self.url("/metrics")).send().await;
+        answer.expect("metrics").text().await.expect("metrics text")
     }
 
     /// Sends `pod` as a CREATE AdmissionReview in namespace `ns`; returns the `response`.
@@ -197,6 +219,14 @@ fn wait_addr(logs: &Mutex<String>, child: &mut std::process::Child) -> SocketAdd
         "webhook did not start:\n{}",
         logs.lock().expect("lock").clone()
     );
+}
+
+/// A pod of the webhook's corpus: `tests/webhook/corpus/NAME.json`.
+pub fn corpus_pod(name: &str) -> Value {
+    let path =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(format!("tests/webhook/corpus/{name}.json"));
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_json::from_str(&text).expect("corpus pod is JSON")
 }
 
 /// An AdmissionReview request for `pod`.

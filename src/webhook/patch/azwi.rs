@@ -55,9 +55,10 @@ pub(super) fn refuse_azwi_proxy(pod: &Value) -> Result<(), Refusal> {
     Ok(())
 }
 
-/// Keeps the Azure Workload Identity webhook away from every container but the sidecar (and
-/// init-network), now and when it is reinvoked after us: lists them in its skip annotation.
-pub(super) fn skip_all_but_sidecar(pod: &Value, intercept: bool, ops: &mut Vec<Value>) {
+/// Keeps the Azure Workload Identity webhook away from every container but the sidecar, now and
+/// when it is reinvoked after us: lists them, and the containers we add (`ours`), in its skip
+/// annotation.
+pub(super) fn skip_all_but_sidecar(pod: &Value, ours: &[&str], ops: &mut Vec<Value>) {
     let mut names: Vec<String> = Vec::new();
     for list in ["initContainers", "containers"] {
         for c in containers(pod, list) {
@@ -68,8 +69,10 @@ pub(super) fn skip_all_but_sidecar(pod: &Value, intercept: bool, ops: &mut Vec<V
             }
         }
     }
-    if intercept {
-        names.push(INIT_NAME.to_string());
+    for n in ours {
+        if !names.iter().any(|m| m == n) {
+            names.push(n.to_string());
+        }
     }
     annotation_ops(pod, ops, AZWI_SKIP_CONTAINERS, &names);
 }

@@ -4,6 +4,7 @@
 //! app container is given.
 use serde_json::{Map, Value, json};
 
+use super::identity::{Identity, checked_guid};
 use super::ops::extend;
 use super::pod::{annotation, display_name};
 use super::{Refusal, Resources, ServiceAccount, Settings, SidecarMode, refuse};
@@ -92,75 +93,12 @@ impl Injection {
         header: String,
     ) -> Result<Injection, Refusal> {
         let pod_name = display_name(pod);
-        let sa_ref = format!("{}/{}", sa.namespace, sa.name);
-        let sa_ann = |k: &str| {
-            sa.annotations
-                .get(k)
-                .map(|v| v.trim())
-                .filter(|v| !v.is_empty())
-        };
         let pod_ann = |k: &str| annotation(pod, k).map(str::trim).filter(|v| !v.is_empty());
-
-        // Client id: the pod's override, else the ServiceAccount (Azure Workload Identity's
-        // annotation, which its users already have).
-        let client_id = match (pod_ann(ANN_CLIENT_ID), sa_ann(AZWI_CLIENT_ID)) {
-            (Some(c), _) => checked_guid(c).ok_or_else(|| {
-                refuse(format!(
-                    "identity-sidecar: pod {pod_name}: annotation {ANN_CLIENT_ID}={c:?} is not a \
-                     client id (a GUID such as 00000000-0000-0000-0000-000000000000)"
-                ))
-            })?,
-            (None, Some(c)) => checked_guid(c).ok_or_else(|| {
-                refuse(format!(
-                    "identity-sidecar: ServiceAccount {sa_ref}: annotation {AZWI_CLIENT_ID}={c:?} \
-                     is not a client id (a GUID)"
-                ))
-            })?,
-            (None, None) if !sa.found => {
-                return Err(refuse(format!(
-                    "identity-sidecar: pod {pod_name}: ServiceAccount {sa_ref} does not exist, so \
-                     there is no client id. Create it with the annotation {AZWI_CLIENT_ID}=<client \
-                     id>, or set the pod annotation {ANN_CLIENT_ID}."
-                )));
-            }
-            (None, None) => {
-                return Err(refuse(format!(
-                    "identity-sidecar: pod {pod_name}: no client id. Add the annotation \
-                     {AZWI_CLIENT_ID}=<client id> to ServiceAccount {sa_ref} (kubectl annotate \
-                     serviceaccount -n {} {} {AZWI_CLIENT_ID}=<client id>), or set the pod \
-                     annotation {ANN_CLIENT_ID}.",
-                    sa.namespace, sa.name
-                )));
-            }
-        };
-        let tenant_id = pod_ann(ANN_TENANT_ID)
-            .or_else(|| sa_ann(AZWI_TENANT_ID))
-            .map(str::to_string)
-            .or_else(|| settings.default_tenant_id.clone())
-            .ok_or_else(|| {
-                refuse(format!(
-                    "identity-sidecar: pod {pod_name}: no tenant id. Add the annotation \
-                     {AZWI_TENANT_ID} to ServiceAccount {sa_ref}, set the pod annotation \
-                     {ANN_TENANT_ID}, or start the webhook with --tenant-id (AZURE_TENANT_ID)."
-                ))
-            })?;
-        if !valid_tenant(&tenant_id) {
-            return Err(refuse(format!(
-                "identity-sidecar: pod {pod_name}: tenant id {tenant_id:?} is neither a GUID nor \
-                 a domain name"
-            )));
-        }
-
-        // Token lifetime: the pod's annotation, else the ServiceAccount's, else one hour; the
-        // same annotation and range as Azure Workload Identity.
-        let expiration = match (
-            pod_ann(AZWI_TOKEN_EXPIRATION),
-            sa_ann(AZWI_TOKEN_EXPIRATION),
-        ) {
-            (Some(v), _) => expiration(v, &format!("pod {pod_name}"))?,
-            (None, Some(v)) => expiration(v, &format!("ServiceAccount {sa_ref}"))?,
-            (None, None) => DEFAULT_TOKEN_EXPIRATION,
-        };
+        let Identity {
+            client_id,
+            tenant_id,
+            expiration,
+        } = Identity::resolve(pod, sa, settings)?;
 
         let intercept = match pod_ann(ANN_MODE) {
             None | Some("app-service") => false,
@@ -168,7 +106,7 @@ impl Injection {
             Some(other) => {
                 return Err(refuse(format!(
                     "identity-sidecar: pod {pod_name}: annotation {ANN_MODE}={other:?}; expected \
-                     app-service (the default) or imds-intercept"
+                     app-service (the default), imds-intercept or node"
                 )));
             }
         };
@@ -416,39 +354,6 @@ fn declares_port(pod: &Value, port: u16) -> Option<String> {
                     .then(|| name.to_string())
             })
         })
-}
-
-fn expiration(v: &str, whose: &str) -> Result<u64, Refusal> {
-    v.parse::<u64>()
-        .ok()
-        .filter(|s| (MIN_TOKEN_EXPIRATION..=MAX_TOKEN_EXPIRATION).contains(s))
-        .ok_or_else(|| {
-            refuse(format!(
-                "identity-sidecar: {whose}: annotation {AZWI_TOKEN_EXPIRATION}={v:?} must be a \
-                 whole number of seconds from {MIN_TOKEN_EXPIRATION} to {MAX_TOKEN_EXPIRATION}"
-            ))
-        })
-}
-
-/// A GUID (8-4-4-4-12 hex digits), lower-cased; `None` otherwise.
-pub fn checked_guid(s: &str) -> Option<String> {
-    let groups: Vec<&str> = s.split('-').collect();
-    let ok = groups.len() == 5
-        && groups
-            .iter()
-            .zip([8, 4, 4, 4, 12])
-            .all(|(g, n)| g.len() == n && g.bytes().all(|b| b.is_ascii_hexdigit()));
-    ok.then(|| s.to_ascii_lowercase())
-}
-
-/// A tenant is a GUID or a domain name (`contoso.onmicrosoft.com`).
-fn valid_tenant(s: &str) -> bool {
-    checked_guid(s).is_some()
-        || (!s.is_empty()
-            && s.len() <= 253
-            && s.split('.').all(|l| {
-                !l.is_empty() && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
-            }))
 }
 
 /// A Kubernetes resource quantity: a decimal number with an optional SI or binary suffix.

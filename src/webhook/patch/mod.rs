@@ -15,7 +15,9 @@
 //! [`plan`] is pure: the identity header is passed in and the ServiceAccount comes from the
 //! caller, so the same pod and inputs always give the same patch.
 mod azwi;
+mod identity;
 mod inject;
+mod node;
 mod ops;
 mod pod;
 
@@ -24,12 +26,13 @@ use std::collections::BTreeMap;
 use serde_json::{Value, json};
 
 use super::names::*;
+pub use identity::checked_guid;
+pub use inject::is_quantity;
 use inject::{Endpoint, Injection};
-pub use inject::{checked_guid, is_quantity};
 pub use ops::escape;
 use ops::{insert_front, push_all};
 use pod::{annotation, containers, find_sidecar, has_env, split_list};
-pub use pod::{display_name, has_sidecar, opted_in, service_account_name};
+pub use pod::{display_name, has_sidecar, node_mode, opted_in, service_account_name};
 
 /// Webhook-wide defaults (from the flags), overridable per pod by annotations.
 #[derive(Debug, Clone)]
@@ -118,7 +121,8 @@ pub fn precheck(pod: &Value) -> Result<(), Refusal> {
     Ok(())
 }
 
-/// The JSON Patch that injects the sidecar into `pod` (empty: nothing to do).
+/// The JSON Patch that injects the sidecar into `pod`, or prepares it for the node agent in node
+/// mode ([`node`]); empty: nothing to do.
 ///
 /// `sa` is the pod's ServiceAccount; it may be `None` only when the pod already holds the sidecar
 /// ([`has_sidecar`]). `new_header` makes the random identity header for a pod that gets a new
@@ -130,6 +134,9 @@ pub fn plan(
     new_header: &mut dyn FnMut() -> String,
 ) -> Result<Vec<Value>, Refusal> {
     precheck(pod)?;
+    if pod::node_mode(pod) {
+        return node::plan(pod, sa, settings);
+    }
     let mut ops = Vec::new();
     let existing = find_sidecar(pod);
 
@@ -158,7 +165,8 @@ pub fn plan(
     // 1. Annotations: keep the Azure Workload Identity webhook away from every container but the
     //    sidecar, now and when it is reinvoked after us.
     if azwi {
-        azwi::skip_all_but_sidecar(pod, intercept, &mut ops);
+        let ours: &[&str] = if intercept { &[INIT_NAME] } else { &[] };
+        azwi::skip_all_but_sidecar(pod, ours, &mut ops);
     }
 
     // 2. Existing containers, by their original index: strip the federated token another

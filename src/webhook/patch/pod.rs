@@ -12,10 +12,22 @@ pub fn opted_in(pod: &Value) -> bool {
         == Some("true")
 }
 
-/// True when the pod already holds the sidecar (a reinvocation, or a second call): then no
-/// identity is needed, only containers added since must get the app environment.
+/// True when the pod already holds the sidecar, or node mode's wait container (a reinvocation,
+/// or a second call): then no identity is needed, only containers added since may need the app
+/// environment.
 pub fn has_sidecar(pod: &Value) -> bool {
-    find_sidecar(pod).is_some()
+    find_sidecar(pod).is_some() || find_container(pod, NODE_WAIT_NAME).is_some()
+}
+
+/// True when the pod asks for node mode: `identity-sidecar.io/mode: node` as a label (what the
+/// node agent selects on) or as an annotation (where the other modes are named).
+pub fn node_mode(pod: &Value) -> bool {
+    let label = pod
+        .pointer("/metadata/labels")
+        .and_then(|l| l.get(ANN_MODE))
+        .and_then(Value::as_str);
+    label.map(str::trim) == Some(MODE_NODE)
+        || annotation(pod, ANN_MODE).map(str::trim) == Some(MODE_NODE)
 }
 
 /// The ServiceAccount the pod runs as (`default` when the pod names none).
@@ -63,10 +75,15 @@ pub(super) fn containers<'a>(pod: &'a Value, list: &str) -> &'a [Value] {
 }
 
 pub(super) fn find_sidecar(pod: &Value) -> Option<&Value> {
+    find_container(pod, SIDECAR_NAME)
+}
+
+/// The init container or container named `name`.
+pub(super) fn find_container<'a>(pod: &'a Value, name: &str) -> Option<&'a Value> {
     ["initContainers", "containers"].into_iter().find_map(|l| {
         containers(pod, l)
             .iter()
-            .find(|c| c.get("name").and_then(Value::as_str) == Some(SIDECAR_NAME))
+            .find(|c| c.get("name").and_then(Value::as_str) == Some(name))
     })
 }
 
