@@ -82,6 +82,13 @@ ENTRYPOINT ["/usr/local/bin/identity-sidecar-webhook"]
 CMD ["serve"]
 
 # Last, so it stays the default target.
+# The node agent of node mode (manifests/node): root with the capabilities its DaemonSet adds.
+FROM ${RUNTIME_BASE} AS node
+COPY --from=builder /out/etc/ssl/certs/ca-certificates.crt /etc/ssl/certs/ca-certificates.crt
+COPY --from=builder /out/identity-sidecar-node /usr/local/bin/identity-sidecar-node
+USER 0:0
+ENTRYPOINT ["/usr/local/bin/identity-sidecar-node"]
+
 FROM ${RUNTIME_BASE} AS runtime
 COPY --from=builder /out/etc/ssl/certs/ca-certificates.crt /etc/ssl/certs/ca-certificates.crt
 COPY --from=builder /out/identity-sidecar /usr/local/bin/identity-sidecar

@@ -13,6 +13,9 @@
 //! - [`protocol`]: thin adapters for the IMDS and App Service protocols;
 //! - [`core`]: the token core (federated-token file, Entra ID client, cache);
 //! - [`telemetry`]: logs, the access log and metrics;
+//! - `node`: the node agent (node mode), serving every opted-in pod of a node inside the pod's
+//!   network namespace; only in builds with the `node` feature;
+//! - `kube`: the Kubernetes API client of the webhook and the node agent (feature `kube`);
 //! - [`netfilter`]: the NAT rules that send 169.254.169.254 to the sidecar (init container);
 //! - `mock_aad`: a stand-in Entra ID for local development and tests, never on the request path
 //!   of `serve`; only in builds with the `mock` feature (the default; not the image's build).
@@ -24,9 +27,13 @@ pub mod cmd;
 pub mod config;
 pub mod core;
 pub mod duration;
+#[cfg(feature = "kube")]
+pub mod kube;
 #[cfg(feature = "mock")]
 pub mod mock_aad;
 pub mod netfilter;
+#[cfg(feature = "node")]
+pub mod node;
 pub mod protocol;
 pub mod server;
 pub mod service;

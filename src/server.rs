@@ -18,7 +18,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use http::{Request, Response};
+use http::{HeaderValue, Request, Response};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -183,11 +183,7 @@ async fn accept_loop(
     limit: Arc<Semaphore>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let mut http = hyper::server::conn::http1::Builder::new();
-    http.timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT)
-        .max_buf_size(MAX_HEAD_BYTES)
-        .keep_alive(true);
+    let http = http1();
     loop {
         let permit = tokio::select! {
             p = Arc::clone(&limit).acquire_owned() => match p { Ok(p) => p, Err(_) => return },
@@ -218,6 +214,79 @@ async fn accept_loop(
             drop(permit);
         });
     }
+}
+
+/// The header every answer of the node agent's in-pod listeners carries, with value
+/// [`AGENT_NODE`]: what `probe --node-agent` waits for, so an init container can tell the agent's
+/// listener from the real IMDS (which never sends it).
+pub const AGENT_HEADER: &str = "x-identity-sidecar-agent";
+pub const AGENT_NODE: &str = "node";
+/// The UID of the one pod an in-pod listener serves, on each of its answers.
+pub const POD_UID_HEADER: &str = "x-identity-sidecar-pod-uid";
+
+/// Serves `service` on `listener` (the node agent's listener inside one pod) until `stop`: then
+/// the listener closes and every open connection is dropped at once, with the last references
+/// to the service (so its cached tokens go with it). Each answer carries [`AGENT_HEADER`] and the
+/// pod's UID in [`POD_UID_HEADER`].
+pub async fn serve_pod(
+    listener: TcpListener,
+    service: Arc<Service>,
+    pod_uid: HeaderValue,
+    mut stop: watch::Receiver<bool>,
+) {
+    let http = http1();
+    let mut conns = tokio::task::JoinSet::new();
+    loop {
+        let (stream, peer) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::warn!("accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            Some(_) = conns.join_next(), if !conns.is_empty() => continue,
+            _ = stopped(&mut stop) => return,
+        };
+        if conns.len() >= MAX_CONNECTIONS {
+            // Over the limit: this connection is refused by closing it.
+            continue;
+        }
+        let _ = stream.set_nodelay(true);
+        let local = stream.local_addr().unwrap_or(peer);
+        let conn = Arc::new(Connection::new(peer, local));
+        let (service, uid) = (Arc::clone(&service), pod_uid.clone());
+        let svc = service_fn(move |req| {
+            let (service, uid, conn) = (Arc::clone(&service), uid.clone(), Arc::clone(&conn));
+            async move {
+                let mut resp = if route(Role::Token, req.uri().path()) == Endpoint::Metrics {
+                    // The agent's metrics cover every pod: served on its own listener only.
+                    service.not_found()
+                } else {
+                    handle(Role::Token, service, conn, req).await?
+                };
+                let h = resp.headers_mut();
+                h.insert(AGENT_HEADER, HeaderValue::from_static(AGENT_NODE));
+                h.insert(POD_UID_HEADER, uid);
+                Ok::<_, Infallible>(resp)
+            }
+        });
+        let conn = http.serve_connection(TokioIo::new(stream), svc);
+        conns.spawn(async move {
+            let _ = conn.await;
+        });
+    }
+}
+
+/// The HTTP/1.1 connection settings of every listener: the limits at the top of this file.
+fn http1() -> hyper::server::conn::http1::Builder {
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .max_buf_size(MAX_HEAD_BYTES)
+        .keep_alive(true);
+    http
 }
 
 /// Resolves once shutdown has been requested (or the sender is gone).

@@ -53,6 +53,17 @@ const MAX_PASSTHROUGH_BODY: usize = 64 * 1024;
 /// The body of every answer: small and complete.
 pub type Body = Full<Bytes>;
 
+/// What [`Service::for_pod`] builds one pod's request path from.
+pub struct PodParts {
+    pub policy: Policy,
+    pub source: Arc<TokenSource>,
+    pub entra: Arc<EntraClient>,
+    pub max_cached_tokens: usize,
+    pub metrics: Arc<Metrics>,
+    pub summary: Arc<Summary>,
+    pub access_log: bool,
+}
+
 /// Shared state of the request path.
 pub struct Service {
     policy: Policy,
@@ -130,6 +141,34 @@ impl Service {
             watch,
             summary_task,
         }))
+    }
+
+    /// The request path of one pod served by the node agent: the pod's own policy, federated
+    /// token (watched from now on) and cache, over the agent's shared Entra ID client, metrics
+    /// and summary. No IMDS passthrough: nothing is ever forwarded to the real IMDS.
+    pub fn for_pod(pod: PodParts) -> Arc<Service> {
+        let watch = pod.source.watch();
+        let tokens = TokenService::with_shared_client(
+            pod.source,
+            pod.entra,
+            pod.max_cached_tokens,
+            Arc::clone(&pod.metrics),
+        );
+        Arc::new(Service {
+            policy: pod.policy,
+            imds_address: SocketAddr::from(([169, 254, 169, 254], 80)),
+            tokens,
+            metrics: pod.metrics,
+            passthrough: None,
+            token_proxy: None,
+            access_log: pod.access_log,
+            // The node agent has no --audit-log (yet): the audit line is the sidecar's.
+            audit_log: false,
+            summary: pod.summary,
+            answers: Answers::default(),
+            watch,
+            summary_task: None,
+        })
     }
 
     pub fn metrics(&self) -> &Metrics {

@@ -135,9 +135,20 @@ impl TokenService {
         max_entries: usize,
         metrics: Arc<Metrics>,
     ) -> Self {
+        Self::with_shared_client(source, Arc::new(entra), max_entries, metrics)
+    }
+
+    /// A token core of its own (federated token, cache) over an Entra ID client shared with
+    /// others: the node agent's one per served pod.
+    pub fn with_shared_client(
+        source: Arc<TokenSource>,
+        entra: Arc<EntraClient>,
+        max_entries: usize,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         let exchanger = Arc::new(Exchanger {
             source: Arc::clone(&source),
-            entra: Arc::new(entra),
+            entra,
         });
         TokenService {
             source,

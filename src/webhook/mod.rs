@@ -3,7 +3,8 @@
 //!
 //! - [`review`]: AdmissionReview in and out;
 //! - [`patch`]: the mutation, as JSON Patch operations against the pod as received (pure);
-//! - [`kube`]: the Kubernetes client configuration and the ServiceAccount lookup and cache;
+//! - [`kube`] (now `crate::kube`, shared with the node agent): the Kubernetes client
+//!   configuration and the ServiceAccount lookup and cache;
 //! - [`tls`]: the serving certificate, reloaded when its files change, and the CA generator;
 //! - [`server`]: the HTTPS listener, routes, readiness and metrics;
 //! - this file: the command line (`serve` and `certs`).
@@ -12,7 +13,7 @@
 //! subcommand of `identity-sidecar`, so the per-pod sidecar binary links none of it (see
 //! docs/kubernetes.md, "The injector").
 pub mod expiry;
-pub mod kube;
+pub use crate::kube;
 pub mod names;
 pub mod patch;
 pub mod review;

@@ -46,6 +46,17 @@ fn run(mut cmd: Command) -> serde_json::Value {
     })
 }
 
+/// `tests/sdk/mi_client.py LIB RESOURCE` inside network namespace `ns` (`ip netns exec`), with
+/// no environment but PATH/HOME: what an app in a pod with nothing configured does.
+pub fn python_mi_in_netns(ns: &str, lib: &str, resource: &str) -> serde_json::Value {
+    let mut cmd = clean(PathBuf::from("ip"), &[]);
+    cmd.args(["netns", "exec", ns])
+        .arg(cache().join("py/bin/python"))
+        .arg(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/sdk/mi_client.py"))
+        .args([lib, resource]);
+    run(cmd)
+}
+
 /// `tests/sdk/mi_client.py LIB RESOURCE [CLIENT_ID]` under `envs`.
 pub fn python_mi(
     lib: &str,

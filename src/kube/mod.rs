@@ -1,6 +1,8 @@
 //! A small Kubernetes API client: the standard client configuration (`KUBECONFIG` when set, else
-//! the in-cluster service account) and the two calls the webhook makes, a ServiceAccount GET and
-//! a `/version` reachability check, with a cache of ServiceAccounts.
+//! the in-cluster service account), the two calls the webhook makes (a ServiceAccount GET and a
+//! `/version` reachability check, with a cache of ServiceAccounts), and the list and watch the
+//! node agent's reflectors make ([`Client::list`], [`Client::watch`] in `watch.rs`: paged lists,
+//! bookmarks, `410 Gone` reported as [`WatchEvent::Gone`]).
 //!
 //! Why not `kube`/`k8s-openapi`: the webhook reads one object kind through one REST call. `kube`'s
 //! client brings tower, hyper-util's client stack, a second TLS set-up, `serde_yaml` and
@@ -16,6 +18,7 @@
 //! - in a pod: `https://$KUBERNETES_SERVICE_HOST:$KUBERNETES_SERVICE_PORT`, the CA and the
 //!   service-account token under `/var/run/secrets/kubernetes.io/serviceaccount/`, the token
 //!   re-read every minute as client-go does (bound tokens rotate).
+#[cfg(feature = "webhook")]
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -26,7 +29,11 @@ use rustls_pki_types::pem::PemObject as _;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use yaml_rust2::{Yaml, YamlLoader};
 
-use super::patch::ServiceAccount;
+mod watch;
+pub use watch::{ObjectList, WATCH_SECONDS, Watch, WatchEvent};
+
+#[cfg(feature = "webhook")]
+use crate::webhook::patch::ServiceAccount;
 
 /// Where a pod's service-account credentials are mounted.
 pub const IN_CLUSTER_DIR: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
@@ -352,10 +359,22 @@ impl Client {
     }
 
     async fn get(&self, path: &str) -> Result<reqwest::Response, KubeError> {
+        self.get_within(path, None).await
+    }
+
+    /// A GET with its own time limit (a watch runs for minutes), else [`API_TIMEOUT`].
+    pub(crate) async fn get_within(
+        &self,
+        path: &str,
+        timeout: Option<Duration>,
+    ) -> Result<reqwest::Response, KubeError> {
         let mut req = self
             .http
             .get(format!("{}{path}", self.server))
             .header(reqwest::header::ACCEPT, "application/json");
+        if let Some(t) = timeout {
+            req = req.timeout(t);
+        }
         req = match &self.auth {
             Auth::None => req,
             Auth::Bearer(t) => req.bearer_auth(t),
@@ -378,6 +397,7 @@ impl Client {
         }
     }
 
+    #[cfg(feature = "webhook")]
     /// The ServiceAccount `namespace/name`; `found: false` on 404.
     pub async fn service_account(
         &self,
@@ -429,7 +449,7 @@ impl Client {
     }
 }
 
-async fn status_error(r: reqwest::Response, what: &str) -> KubeError {
+pub(crate) async fn status_error(r: reqwest::Response, what: &str) -> KubeError {
     let status = r.status().as_u16();
     let body = r.text().await.unwrap_or_default();
     // A Kubernetes Status object carries the reason in `message`.
@@ -442,10 +462,7 @@ async fn status_error(r: reqwest::Response, what: &str) -> KubeError {
         })
         .unwrap_or_else(|| body.chars().take(200).collect());
     let detail = if status == 401 || status == 403 {
-        format!(
-            "{detail} (the webhook's ServiceAccount needs get on serviceaccounts: see its \
-             ClusterRole)"
-        )
+        format!("{detail} (check this ServiceAccount's ClusterRole)")
     } else {
         detail
     };
@@ -456,7 +473,7 @@ async fn status_error(r: reqwest::Response, what: &str) -> KubeError {
     }
 }
 
-fn error_chain(e: &dyn std::error::Error) -> String {
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
     let mut cur = e.source();
     while let Some(c) = cur {
@@ -467,6 +484,7 @@ fn error_chain(e: &dyn std::error::Error) -> String {
     s
 }
 
+#[cfg(feature = "webhook")]
 /// ServiceAccounts by namespace and name, kept for `ttl` (404s are not kept: a ServiceAccount
 /// created just before its pods must be seen at once).
 pub struct Cache {
@@ -474,6 +492,7 @@ pub struct Cache {
     map: Mutex<HashMap<Key, (Instant, Arc<ServiceAccount>)>>,
 }
 
+#[cfg(feature = "webhook")]
 /// Namespace and name.
 type Key = (String, String);
 
@@ -484,10 +503,12 @@ pub enum Lookup {
     Fetched,
 }
 
+#[cfg(feature = "webhook")]
 /// Most entries kept; on overflow the cache is emptied (a cluster with more ServiceAccounts in
 /// active use than this refetches more often, nothing worse).
 const MAX_ENTRIES: usize = 10_000;
 
+#[cfg(feature = "webhook")]
 impl Cache {
     pub fn new(ttl: Duration) -> Cache {
         Cache {
