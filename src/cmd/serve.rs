@@ -95,6 +95,18 @@ pub struct ServeArgs {
     )]
     pub listen: Vec<Option<SocketAddr>>,
 
+    /// Admin listener: serves only /metrics, /healthz and /readyz, never a token, so it can bind
+    /// the pod IP for Prometheus and the kubelet's httpGet probes (the manifests use
+    /// 0.0.0.0:8491). [default: none]
+    #[arg(long, env = "IDENTITY_SIDECAR_ADMIN_LISTEN", value_name = "ADDR", value_parser = Checked(flags::socket_addr))]
+    pub admin_listen: Option<SocketAddr>,
+
+    /// Write one JSON audit line per token request (time, flavor, identity, resource, outcome,
+    /// cache, Entra call ids, token fingerprint, caller uid), with `"log":"audit"` and target
+    /// `identity_sidecar::audit` so a log pipeline can route it (docs/operations.md#audit-log).
+    #[arg(long, env = "IDENTITY_SIDECAR_AUDIT_LOG")]
+    pub audit_log: bool,
+
     /// Secret that App Service clients must send (`X-IDENTITY-HEADER`, or `secret` for
     /// 2017-09-01). Unset: the App Service endpoints refuse every request.
     #[arg(
@@ -287,6 +299,8 @@ impl ServeArgs {
             token_file,
             authority,
             listen,
+            admin_listen: self.admin_listen,
+            audit_log: self.audit_log,
             policy: Policy {
                 allowed_client_ids,
                 allowed_resources: self.allowed_resources.iter().flatten().cloned().collect(),
@@ -374,7 +388,7 @@ impl ServeArgs {
 /// and what in-process tests start. Needs a Tokio runtime.
 pub async fn start(cfg: &ServeConfig) -> Result<server::Running, String> {
     let service = Service::build(cfg)?;
-    server::start(&cfg.listen, cfg.shutdown_grace, service)
+    server::start(&cfg.listen, cfg.admin_listen, cfg.shutdown_grace, service)
         .await
         .map_err(|e| e.to_string())
 }
@@ -403,7 +417,7 @@ pub fn run(args: ServeArgs) -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
-        log_startup(&cfg, running.local_addrs());
+        log_startup(&cfg, running.local_addrs(), running.admin_addr());
         release_startup_memory();
         wait_for_signal().await;
         tracing::info!("shutting down: no new connections, finishing requests in flight");
@@ -435,7 +449,11 @@ pub fn runtime(workers: usize) -> std::io::Result<tokio::runtime::Runtime> {
         .build()
 }
 
-fn log_startup(cfg: &ServeConfig, addrs: &[std::net::SocketAddr]) {
+fn log_startup(
+    cfg: &ServeConfig,
+    addrs: &[std::net::SocketAddr],
+    admin: Option<std::net::SocketAddr>,
+) {
     let listen: Vec<String> = addrs.iter().map(ToString::to_string).collect();
     let base = addrs
         .iter()
@@ -444,6 +462,8 @@ fn log_startup(cfg: &ServeConfig, addrs: &[std::net::SocketAddr]) {
         .map_or_else(String::new, |a| format!("http://{a}"));
     tracing::info!(
         listen = %listen.join(","),
+        admin_listen = %admin.map_or_else(|| "none".to_string(), |a| a.to_string()),
+        audit_log = cfg.audit_log,
         client_id = %cfg.client_id,
         tenant_id = %cfg.tenant_id,
         authority = %cfg.authority,

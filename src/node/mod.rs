@@ -242,7 +242,7 @@ async fn health(listener: tokio::net::TcpListener, shared: Arc<Shared>) {
                         200,
                         format!(
                             "{}# HELP identity_sidecar_node_served_pods Pods with an in-pod listener.\n# TYPE identity_sidecar_node_served_pods gauge\nidentity_sidecar_node_served_pods {}\n",
-                            shared.metrics.render(None),
+                            shared.metrics.render(None, []),
                             shared.served()
                         ),
                     ),

@@ -1,7 +1,14 @@
 //! Prometheus metrics, served on `/metrics` in the text format: requests by endpoint and status,
-//! cache hits and misses, Entra ID calls by outcome and their latency, background refreshes, and
-//! the seconds left on the federated token.
+//! cache hits and misses, Entra ID calls by outcome and their latency, background refreshes, the
+//! federated token's expiry, per-identity token expiry and last refresh (Unix timestamps, set at
+//! scrape time from the cache), token fetches by result, and the build. docs/operations.md#metrics
+//! lists every series.
+//!
+//! Labels stay bounded: a `client_id` label only ever holds an allowed client id (the allow-list
+//! bounds it), and `resource` is the `--allowed-resources` rule a resource matched, or `*` (all
+//! resources aggregated) when there is no allow-list, since a resource is request input.
 
+use std::sync::Mutex;
 use std::sync::atomic::AtomicI64;
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -20,6 +27,59 @@ struct RequestLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct OutcomeLabels {
     outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct IdentityLabels {
+    client_id: String,
+    resource: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct FetchLabels {
+    client_id: String,
+    resource: String,
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BuildLabels {
+    version: &'static str,
+    commit: &'static str,
+}
+
+/// The commit the binary was built from: `IDENTITY_SIDECAR_COMMIT` at build time (set by the
+/// build scripts), else `unknown`.
+pub const BUILD_COMMIT: &str = match option_env!("IDENTITY_SIDECAR_COMMIT") {
+    Some(c) => c,
+    None => "unknown",
+};
+
+/// The `resource` label value when no resource allow-list bounds it: all resources together.
+pub const ALL_RESOURCES: &str = "*";
+
+/// The `--allowed-resources` rule that admits a resource, as written (`https://storage.*`);
+/// `None` when no rule does.
+pub type ResourceLabel = Box<dyn Fn(&str) -> Option<String> + Send + Sync>;
+
+/// One cached token as a scrape sees it.
+pub struct TokenState<'a> {
+    pub client_id: &'a str,
+    pub scope: &'a str,
+    /// Expiry, seconds since the epoch.
+    pub expires_on: u64,
+    /// When it was received from Entra ID, seconds since the epoch.
+    pub received_at: u64,
+}
+
+/// What a scrape reads from the federated token.
+#[derive(Debug, Clone, Copy)]
+pub struct FederatedState {
+    pub seconds_left: i64,
+    /// `exp`, seconds since the epoch.
+    pub expires_at: u64,
+    /// `iat` when the token has one.
+    pub issued_at: Option<u64>,
 }
 
 /// The endpoints requests are counted by (the `endpoint` label).
@@ -74,6 +134,16 @@ pub enum EntraOutcome {
 }
 
 impl EntraOutcome {
+    const ALL: [EntraOutcome; 7] = [
+        EntraOutcome::Success,
+        EntraOutcome::Rejected,
+        EntraOutcome::Throttled,
+        EntraOutcome::ServerError,
+        EntraOutcome::Timeout,
+        EntraOutcome::ConnectError,
+        EntraOutcome::BadResponse,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             EntraOutcome::Success => "success",
@@ -107,6 +177,15 @@ const STATUSES: [u16; 9] = [200, 400, 401, 404, 405, 429, 500, 502, 503];
 /// All counters of one sidecar process.
 pub struct Metrics {
     registry: Registry,
+    /// The allow-list's rule for the `resource` label; `None`: no allow-list, label `*`.
+    resource_rule: Option<ResourceLabel>,
+    fetches: Family<FetchLabels, Counter>,
+    token_expiry: Family<IdentityLabels, Gauge<i64, AtomicI64>>,
+    token_refreshed: Family<IdentityLabels, Gauge<i64, AtomicI64>>,
+    federated_expiry: Gauge<i64, AtomicI64>,
+    federated_issued: Gauge<i64, AtomicI64>,
+    /// Serializes scrapes: they clear and refill the per-identity gauges.
+    scrape: Mutex<()>,
     requests: Family<RequestLabels, Counter>,
     request_slots: Box<[std::sync::OnceLock<Counter>]>,
     cache_hits: Counter,
@@ -125,8 +204,56 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    /// Metrics without a resource allow-list: the `resource` label is always `*`.
     pub fn new() -> Self {
+        Self::with_resource_label(None)
+    }
+
+    /// Metrics whose `resource` label is what `resource_rule` names for a resource.
+    pub fn with_resource_label(resource_rule: Option<ResourceLabel>) -> Self {
         let mut registry = Registry::with_prefix("identity_sidecar");
+        let build = Family::<BuildLabels, Gauge<i64, AtomicI64>>::default();
+        build
+            .get_or_create(&BuildLabels {
+                version: env!("CARGO_PKG_VERSION"),
+                commit: BUILD_COMMIT,
+            })
+            .set(1);
+        registry.register(
+            "build_info",
+            "Always 1; the labels say which build runs (version, commit)",
+            build,
+        );
+        let fetches = Family::<FetchLabels, Counter>::default();
+        registry.register(
+            "token_refreshes",
+            "Tokens fetched from Entra ID for the cache (first fetch and every renewal), by identity and result (success, failure)",
+            fetches.clone(),
+        );
+        let token_expiry = Family::<IdentityLabels, Gauge<i64, AtomicI64>>::default();
+        registry.register(
+            "token_expiry_timestamp_seconds",
+            "Expiry (Unix time) of the cached token that expires first, per identity",
+            token_expiry.clone(),
+        );
+        let token_refreshed = Family::<IdentityLabels, Gauge<i64, AtomicI64>>::default();
+        registry.register(
+            "token_last_refresh_timestamp_seconds",
+            "When (Unix time) the token that expires first was received from Entra ID, per identity",
+            token_refreshed.clone(),
+        );
+        let federated_expiry = Gauge::<i64, AtomicI64>::default();
+        registry.register(
+            "federated_token_expiry_timestamp_seconds",
+            "Expiry (Unix time, the exp claim) of the federated token; 0: no token",
+            federated_expiry.clone(),
+        );
+        let federated_issued = Gauge::<i64, AtomicI64>::default();
+        registry.register(
+            "federated_token_issued_timestamp_seconds",
+            "Issue time (Unix time, the iat claim) of the federated token; 0: no token or no iat",
+            federated_issued.clone(),
+        );
         let requests = Family::<RequestLabels, Counter>::default();
         registry.register(
             "requests",
@@ -146,6 +273,12 @@ impl Metrics {
             cache_misses.clone(),
         );
         let entra_calls = Family::<OutcomeLabels, Counter>::default();
+        // Every outcome from the start, so an error ratio has its series before the first error.
+        for outcome in EntraOutcome::ALL {
+            let _ = entra_calls.get_or_create(&OutcomeLabels {
+                outcome: outcome.as_str(),
+            });
+        }
         registry.register(
             "entra_requests",
             "Calls to the Entra ID token endpoint, by outcome",
@@ -178,6 +311,13 @@ impl Metrics {
         );
         Metrics {
             registry,
+            resource_rule,
+            fetches,
+            token_expiry,
+            token_refreshed,
+            federated_expiry,
+            federated_issued,
+            scrape: Mutex::new(()),
             requests,
             request_slots: (0..Endpoint::ALL.len() * STATUSES.len())
                 .map(|_| std::sync::OnceLock::new())
@@ -240,10 +380,66 @@ impl Metrics {
         self.cached_tokens.set(n as i64);
     }
 
-    /// Encodes everything, after setting the gauges that are computed at scrape time.
-    pub fn render(&self, federated_seconds_left: Option<i64>) -> String {
+    /// The `resource` label of a cache key's scope: the allow-list rule that admits it (the
+    /// resource is the scope, or the scope without the `/.default` the sidecar appended), `*`
+    /// without an allow-list.
+    pub fn resource_label(&self, scope: &str) -> String {
+        let Some(rule) = &self.resource_rule else {
+            return ALL_RESOURCES.to_string();
+        };
+        rule(scope)
+            .or_else(|| scope.strip_suffix("/.default").and_then(rule))
+            .unwrap_or_else(|| "other".to_string())
+    }
+
+    /// Counts one fetch of a token from Entra ID for the cache key (`client_id`, `scope`).
+    pub fn token_fetch(&self, client_id: &str, scope: &str, ok: bool) {
+        self.fetches
+            .get_or_create(&FetchLabels {
+                client_id: client_id.to_string(),
+                resource: self.resource_label(scope),
+                result: if ok { "success" } else { "failure" },
+            })
+            .inc();
+    }
+
+    /// Encodes everything, after setting the gauges that are computed at scrape time: the
+    /// federated token's, and per (client id, resource label) the expiry and receipt time of the
+    /// cached token that expires first.
+    pub fn render<'a>(
+        &self,
+        federated: Option<FederatedState>,
+        tokens: impl IntoIterator<Item = TokenState<'a>>,
+    ) -> String {
+        let _one_scrape = self.scrape.lock().unwrap_or_else(|p| p.into_inner());
         self.federated_token_seconds_left
-            .set(federated_seconds_left.unwrap_or(-1_000_000_000));
+            .set(federated.map_or(-1_000_000_000, |f| f.seconds_left));
+        self.federated_expiry
+            .set(federated.map_or(0, |f| f.expires_at as i64));
+        self.federated_issued
+            .set(federated.and_then(|f| f.issued_at).unwrap_or(0) as i64);
+        let mut first: std::collections::HashMap<IdentityLabels, (u64, u64)> =
+            std::collections::HashMap::new();
+        for t in tokens {
+            let key = IdentityLabels {
+                client_id: t.client_id.to_string(),
+                resource: self.resource_label(t.scope),
+            };
+            let e = first.entry(key).or_insert((t.expires_on, t.received_at));
+            if t.expires_on < e.0 {
+                *e = (t.expires_on, t.received_at);
+            }
+        }
+        self.token_expiry.clear();
+        self.token_refreshed.clear();
+        for (labels, (expires_on, received_at)) in first {
+            self.token_refreshed
+                .get_or_create(&labels)
+                .set(received_at as i64);
+            self.token_expiry
+                .get_or_create(&labels)
+                .set(expires_on as i64);
+        }
         let mut out = String::with_capacity(4096);
         if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
             out.clear();
@@ -264,13 +460,82 @@ mod tests {
         let m = Metrics::new();
         m.request(Endpoint::Readyz, 503);
         m.request(Endpoint::NotFound, 418);
-        let text = m.render(None);
+        let text = m.render(None, []);
         assert!(
             text.contains(r#"identity_sidecar_requests_total{endpoint="readyz",status="503"} 1"#),
             "{text}"
         );
         assert!(
             text.contains(r#"endpoint="not_found",status="418"} 1"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(&format!(
+                r#"identity_sidecar_build_info{{version="{}",commit="{BUILD_COMMIT}"}} 1"#,
+                env!("CARGO_PKG_VERSION")
+            )),
+            "{text}"
+        );
+    }
+
+    fn token<'a>(client_id: &'a str, scope: &'a str, expires_on: u64) -> TokenState<'a> {
+        TokenState {
+            client_id,
+            scope,
+            expires_on,
+            received_at: expires_on - 3600,
+        }
+    }
+
+    #[test]
+    fn without_an_allow_list_resources_are_aggregated_to_the_first_expiry() {
+        let m = Metrics::new();
+        let text = m.render(
+            None,
+            [
+                token("c1", "https://vault.azure.net/.default", 5000),
+                token("c1", "https://storage.azure.com/.default", 4000),
+                token("c2", "https://vault.azure.net/.default", 7000),
+            ],
+        );
+        for want in [
+            r#"identity_sidecar_token_expiry_timestamp_seconds{client_id="c1",resource="*"} 4000"#,
+            r#"identity_sidecar_token_last_refresh_timestamp_seconds{client_id="c1",resource="*"} 400"#,
+            r#"identity_sidecar_token_expiry_timestamp_seconds{client_id="c2",resource="*"} 7000"#,
+        ] {
+            assert!(text.contains(want), "{want}\n{text}");
+        }
+        // A key that left the cache leaves the gauges too.
+        let text = m.render(None, [token("c2", "x/.default", 9000)]);
+        assert!(!text.contains(r#"client_id="c1""#), "{text}");
+    }
+
+    #[test]
+    fn with_an_allow_list_the_resource_label_is_the_rule_that_matched() {
+        let rules: Vec<crate::config::ResourceRule> = [
+            "https://vault.azure.net",
+            "https://storage.*",
+            "api://x/.default",
+        ]
+        .iter()
+        .map(|r| r.parse().expect("rule"))
+        .collect();
+        let m = Metrics::with_resource_label(Some(Box::new(move |r: &str| {
+            rules.iter().find(|x| x.matches(r)).map(ToString::to_string)
+        })));
+        assert_eq!(
+            m.resource_label("https://vault.azure.net/.default"),
+            "https://vault.azure.net"
+        );
+        assert_eq!(
+            m.resource_label("https://storage.azure.com/.default"),
+            "https://storage.*"
+        );
+        assert_eq!(m.resource_label("api://x/.default"), "api://x/.default");
+        m.token_fetch("c1", "https://storage.example/.default", false);
+        let text = m.render(None, []);
+        assert!(
+            text.contains(r#"identity_sidecar_token_refreshes_total{client_id="c1",resource="https://storage.*",result="failure"} 1"#),
             "{text}"
         );
     }

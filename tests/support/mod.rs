@@ -20,6 +20,8 @@ pub mod fake_http;
 #[cfg(feature = "mock")]
 pub mod mock_entra;
 pub mod mock_sdk;
+#[cfg(feature = "mock")]
+pub mod mock_serve;
 pub mod request;
 pub mod sdk;
 pub mod sidecar_on_fake_entra;
@@ -154,6 +156,11 @@ impl Sidecar {
 
     pub fn url(&self, path_and_query: &str) -> String {
         format!("http://{}{}", self.addr, path_and_query)
+    }
+
+    /// The admin listener's address (`admin_listen` in the arguments).
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.running.as_ref().and_then(Running::admin_addr)
     }
 
     pub async fn imds(&self, query: &str) -> reqwest::Response {
