@@ -1028,6 +1028,31 @@ fn audit_lines_and_metrics_name_each_pod_served() {
         "{page}"
     );
 
+    // Every series docs/operations.md lists for the node agent is there, with exactly its labels.
+    for (name, labels) in documented_node_series() {
+        let found: Vec<std::collections::BTreeSet<String>> = page
+            .lines()
+            .filter_map(|l| {
+                let rest = l.strip_prefix(name.as_str())?;
+                if let Some(inner) = rest.strip_prefix('{') {
+                    let inner = &inner[..inner.rfind('}')?];
+                    Some(
+                        inner
+                            .split("\",")
+                            .filter_map(|kv| kv.split_once('=').map(|(k, _)| k.to_string()))
+                            .collect(),
+                    )
+                } else {
+                    rest.starts_with(' ').then(Default::default)
+                }
+            })
+            .collect();
+        assert!(!found.is_empty(), "{name} is not on the page:\n{page}");
+        for f in found {
+            assert_eq!(f, labels, "{name}'s labels");
+        }
+    }
+
     // Pod B stops being served: its gauges leave the page, its counter stays.
     b_spec.labelled = false;
     h.kube.put_pod(b_spec.object());
@@ -1050,4 +1075,36 @@ fn audit_lines_and_metrics_name_each_pod_served() {
         );
     }
     assert!(page.contains(r#"pod_name="app-a"}"#), "{page}");
+}
+
+/// The series and label names of docs/operations.md's node-agent table.
+fn documented_node_series() -> Vec<(String, std::collections::BTreeSet<String>)> {
+    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/operations.md"))
+        .expect("docs/operations.md");
+    let start = doc
+        .find("\n### The node agent")
+        .expect("a node agent section");
+    let section = &doc[start + 1..];
+    let section = &section[..section[1..].find("\n#").map_or(section.len(), |i| i + 1)];
+    let rows: Vec<(String, std::collections::BTreeSet<String>)> = section
+        .lines()
+        .filter(|l| l.starts_with("| `identity_sidecar"))
+        .map(|row| {
+            let cells: Vec<&str> = row.split('|').map(str::trim).collect();
+            // Label names: the backquoted words outside parentheses (which list values).
+            let mut labels = std::collections::BTreeSet::new();
+            let mut depth = 0usize;
+            for (i, part) in cells[3].split('`').enumerate() {
+                if i % 2 == 1 && depth == 0 {
+                    labels.insert(part.to_string());
+                } else if i % 2 == 0 {
+                    depth += part.matches('(').count();
+                    depth -= part.matches(')').count().min(depth);
+                }
+            }
+            (cells[1].trim_matches('`').to_string(), labels)
+        })
+        .collect();
+    assert!(rows.len() >= 10, "the node agent's table: {rows:?}");
+    rows
 }
