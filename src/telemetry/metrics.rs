@@ -236,7 +236,9 @@ pub struct Metrics {
     refreshes: Family<OutcomeLabels, Counter>,
     pub entra_latency: Histogram,
     federated_token_seconds_left: GaugeFamily<PodLabels>,
-    cached_tokens: Gauge<i64, AtomicI64>,
+    cached_tokens: GaugeFamily<PodLabels>,
+    /// The pods `cached_tokens` has a series for, so a pod no longer scraped loses it.
+    cached_pods: Arc<Mutex<std::collections::HashSet<PodLabels>>>,
 }
 
 impl Default for Metrics {
@@ -345,7 +347,8 @@ impl Metrics {
             "Seconds until the federated token expires (negative: expired; -1e9: no token)",
             federated_token_seconds_left.clone(),
         );
-        let cached_tokens = Gauge::<i64, AtomicI64>::default();
+        let cached_tokens = GaugeFamily::<PodLabels>::default();
+        let _ = cached_tokens.get_or_create(&PodLabels::default());
         registry.register(
             "cached_tokens",
             "Keys (client id, scope) in the token cache",
@@ -372,6 +375,7 @@ impl Metrics {
             entra_latency,
             federated_token_seconds_left,
             cached_tokens,
+            cached_pods: Arc::default(),
         }
     }
 
@@ -379,6 +383,8 @@ impl Metrics {
     /// per-identity and federated-token series labelled with the pod, and the `resource` label
     /// following the pod's own allow-list (`resource_rule`; `None`: `*`).
     pub fn for_pod(&self, pod: PodLabels, resource_rule: Option<ResourceLabel>) -> Metrics {
+        // The pods' own `cached_tokens` series replace the process-wide one.
+        self.cached_tokens.remove(&PodLabels::default());
         Metrics {
             registry: Arc::clone(&self.registry),
             resource_rule,
@@ -400,6 +406,7 @@ impl Metrics {
             entra_latency: self.entra_latency.clone(),
             federated_token_seconds_left: self.federated_token_seconds_left.clone(),
             cached_tokens: self.cached_tokens.clone(),
+            cached_pods: Arc::clone(&self.cached_pods),
         }
     }
 
@@ -448,7 +455,11 @@ impl Metrics {
     }
 
     pub fn set_cached_tokens(&self, n: usize) {
-        self.cached_tokens.set(n as i64);
+        if self.pod.0.is_some() {
+            let mut pods = self.cached_pods.lock().unwrap_or_else(|p| p.into_inner());
+            pods.insert(self.pod.clone());
+        }
+        self.cached_tokens.get_or_create(&self.pod).set(n as i64);
     }
 
     /// The `resource` label of a cache key's scope: the allow-list rule that admits it (the
@@ -525,7 +536,13 @@ impl Metrics {
         self.federated_issued.clear();
         self.token_expiry.clear();
         self.token_refreshed.clear();
+        let mut gone = self
+            .cached_pods
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
         for s in scrapes {
+            gone.remove(&s.pod);
             let f = s.federated;
             self.federated_token_seconds_left
                 .get_or_create(&s.pod)
@@ -550,6 +567,13 @@ impl Metrics {
                 self.token_expiry
                     .get_or_create(&labels)
                     .set(expires_on as i64);
+            }
+        }
+        if !gone.is_empty() {
+            let mut pods = self.cached_pods.lock().unwrap_or_else(|p| p.into_inner());
+            for pod in gone {
+                self.cached_tokens.remove(&pod);
+                pods.remove(&pod);
             }
         }
         let mut out = String::with_capacity(4096);

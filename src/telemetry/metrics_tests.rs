@@ -105,6 +105,8 @@ fn a_pods_view_labels_its_identities_and_leaves_with_the_pod() {
     b.token_fetch("c1", "https://vault.azure.net/.default", false);
     a.cache(true);
     b.cache(true);
+    a.set_cached_tokens(1);
+    b.set_cached_tokens(3);
     let scrape_a = || {
         a.scrape_of(
             None,
@@ -125,6 +127,7 @@ fn a_pods_view_labels_its_identities_and_leaves_with_the_pod() {
         r#"identity_sidecar_token_refreshes_total{client_id="c1",resource="*",result="failure",pod_namespace="apps",pod_name="b"} 1"#,
         r#"identity_sidecar_federated_token_expiry_timestamp_seconds{pod_namespace="apps",pod_name="b"} 0"#,
         "identity_sidecar_cache_hits_total 2",
+        r#"identity_sidecar_cached_tokens{pod_namespace="apps",pod_name="b"} 3"#,
     ] {
         assert!(text.contains(want), "{want}\n{text}");
     }
@@ -132,6 +135,18 @@ fn a_pods_view_labels_its_identities_and_leaves_with_the_pod() {
     // Pod B no longer served: its gauges go, its counters stay.
     let text = agent.render_scrapes([scrape_a()], None);
     assert!(!text.contains(r#"pod_name="b"} 6000"#), "{text}");
+    assert!(
+        !text.contains(r#"cached_tokens{pod_namespace="apps",pod_name="b"}"#),
+        "{text}"
+    );
+    assert!(
+        text.contains(r#"cached_tokens{pod_namespace="apps",pod_name="a"} 1"#),
+        "{text}"
+    );
+    assert!(
+        !text.contains("\nidentity_sidecar_cached_tokens "),
+        "{text}"
+    );
     assert!(
         !text.contains(
             r#"federated_token_expiry_timestamp_seconds{pod_namespace="apps",pod_name="b"}"#
