@@ -23,7 +23,7 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, watch};
 
 use crate::config::Listen;
@@ -190,15 +190,7 @@ async fn accept_loop(
             _ = stopped(&mut stop) => return,
         };
         let (stream, peer) = tokio::select! {
-            r = listener.accept() => match r {
-                Ok(x) => x,
-                Err(e) => {
-                    // EMFILE and friends: back off instead of spinning.
-                    tracing::warn!("accept failed: {e}");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
+            x = accept(&listener) => x,
             _ = stopped(&mut stop) => return,
         };
         let _ = stream.set_nodelay(true);
@@ -213,6 +205,19 @@ async fn accept_loop(
             let _ = conn.await;
             drop(permit);
         });
+    }
+}
+
+/// The next connection of `listener`; on EMFILE and friends it backs off instead of spinning.
+async fn accept(listener: &TcpListener) -> (TcpStream, SocketAddr) {
+    loop {
+        match listener.accept().await {
+            Ok(x) => return x,
+            Err(e) => {
+                tracing::warn!("accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
     }
 }
 
@@ -240,14 +245,7 @@ pub async fn serve_pod(
     let mut conns = tokio::task::JoinSet::new();
     loop {
         let (stream, peer) = tokio::select! {
-            r = listener.accept() => match r {
-                Ok(x) => x,
-                Err(e) => {
-                    tracing::warn!("accept failed: {e}");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
+            x = accept(&listener) => x,
             Some(_) = conns.join_next(), if !conns.is_empty() => continue,
             _ = stopped(&mut stop) => return,
         };

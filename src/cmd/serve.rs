@@ -170,14 +170,8 @@ pub struct ServeArgs {
     )]
     pub imds_address: Option<SocketAddr>,
 
-    /// Time limit of one call to Entra ID (connect included). [default: 10s]
-    #[arg(long, env = "IDENTITY_SIDECAR_ENTRA_TIMEOUT", value_name = "DURATION", value_parser = Checked(duration::parse_positive))]
-    pub entra_timeout: Option<Duration>,
-
-    /// Total time a token request may spend on Entra ID, retries included; after it the caller
-    /// gets 503 with Retry-After. [default: 20s]
-    #[arg(long, env = "IDENTITY_SIDECAR_ENTRA_BUDGET", value_name = "DURATION", value_parser = Checked(duration::parse_positive))]
-    pub entra_budget: Option<Duration>,
+    #[command(flatten)]
+    pub entra: flags::EntraLimits,
 
     /// Most (client id, scope) pairs kept in the token cache. [default: 1024]
     #[arg(long, env = "IDENTITY_SIDECAR_MAX_CACHED_TOKENS", value_name = "N", value_parser = Checked(flags::positive_count))]
@@ -283,15 +277,10 @@ impl ServeArgs {
             }
         }
 
-        let entra_timeout = self.entra_timeout.unwrap_or(Duration::from_secs(10));
-        let entra_budget = self.entra_budget.unwrap_or(Duration::from_secs(20));
-        if entra_budget < entra_timeout {
-            return Err(err(
-                "--entra-budget",
-                "IDENTITY_SIDECAR_ENTRA_BUDGET",
-                "must be at least --entra-timeout (one whole call must fit)",
-            ));
-        }
+        let (entra_timeout, entra_budget) = self
+            .entra
+            .resolve()
+            .map_err(|m| err("--entra-budget", "IDENTITY_SIDECAR_ENTRA_BUDGET", m))?;
 
         Ok(ServeConfig {
             client_id,
@@ -587,8 +576,10 @@ mod tests {
     #[test]
     fn the_budget_must_fit_one_call() {
         let e = ServeArgs {
-            entra_timeout: Some(Duration::from_secs(5)),
-            entra_budget: Some(Duration::from_secs(1)),
+            entra: flags::EntraLimits {
+                entra_timeout: Some(Duration::from_secs(5)),
+                entra_budget: Some(Duration::from_secs(1)),
+            },
             ..args()
         }
         .validate()

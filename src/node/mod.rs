@@ -37,7 +37,6 @@ use reqwest::Url;
 use crate::cmd::flags::{self, Checked};
 use crate::config::DEFAULT_AUTHORITY;
 use crate::core::egress::EgressProxy;
-use crate::duration;
 use crate::telemetry::logging::LogFormat;
 use agent::{Agent, AgentConfig, Shared};
 
@@ -87,13 +86,8 @@ pub struct NodeArgs {
     )]
     pub imds_port: u16,
 
-    /// Time limit of one call to Entra ID. [default: 10s]
-    #[arg(long, env = "IDENTITY_SIDECAR_ENTRA_TIMEOUT", value_name = "DURATION", value_parser = Checked(duration::parse_positive))]
-    pub entra_timeout: Option<Duration>,
-
-    /// Total time a token request may spend on Entra ID, retries included. [default: 20s]
-    #[arg(long, env = "IDENTITY_SIDECAR_ENTRA_BUDGET", value_name = "DURATION", value_parser = Checked(duration::parse_positive))]
-    pub entra_budget: Option<Duration>,
+    #[command(flatten)]
+    pub entra: flags::EntraLimits,
 
     /// Most (client id, scope) pairs cached per pod. [default: 64]
     #[arg(long, env = "IDENTITY_SIDECAR_MAX_CACHED_TOKENS", value_name = "N", value_parser = Checked(flags::positive_count))]
@@ -123,15 +117,10 @@ impl NodeArgs {
             Some(u) => u.clone(),
             None => flags::authority(DEFAULT_AUTHORITY)?,
         };
-        let entra_timeout = self.entra_timeout.unwrap_or(Duration::from_secs(10));
-        let entra_budget = self.entra_budget.unwrap_or(Duration::from_secs(20));
-        if entra_budget < entra_timeout {
-            return Err(
-                "--entra-budget (env IDENTITY_SIDECAR_ENTRA_BUDGET): must be at least \
-                 --entra-timeout"
-                    .into(),
-            );
-        }
+        let (entra_timeout, entra_budget) = self
+            .entra
+            .resolve()
+            .map_err(|m| format!("--entra-budget (env IDENTITY_SIDECAR_ENTRA_BUDGET): {m}"))?;
         Ok(AgentConfig {
             node_name: self.node_name.clone(),
             kubelet_root: self.kubelet_root_dir.clone(),

@@ -124,8 +124,10 @@ pub fn args(authority: &str, token_file: &Path) -> ServeArgs {
         authority_host: Some(flags::authority(authority).expect("test authority")),
         listen: vec![Some("127.0.0.1:0".parse().expect("addr"))],
         identity_header: Some(Secret::new(IDENTITY_HEADER)),
-        entra_timeout: Some(Duration::from_secs(2)),
-        entra_budget: Some(Duration::from_secs(4)),
+        entra: identity_sidecar::cmd::flags::EntraLimits {
+            entra_timeout: Some(Duration::from_secs(2)),
+            entra_budget: Some(Duration::from_secs(4)),
+        },
         ..Default::default()
     }
 }

@@ -292,19 +292,7 @@ impl Injection {
                 "limits": {"cpu": self.resources.cpu_limit, "memory": self.resources.memory_limit},
             }),
         );
-        c.insert(
-            "securityContext".into(),
-            json!({
-                "runAsNonRoot": true,
-                "runAsUser": SIDECAR_UID,
-                "runAsGroup": SIDECAR_UID,
-                "readOnlyRootFilesystem": true,
-                "allowPrivilegeEscalation": false,
-                "privileged": false,
-                "capabilities": {"drop": ["ALL"]},
-                "seccompProfile": {"type": "RuntimeDefault"},
-            }),
-        );
+        c.insert("securityContext".into(), unprivileged());
         c.insert(
             "volumeMounts".into(),
             json!([{"name": TOKEN_VOLUME, "mountPath": TOKEN_MOUNT, "readOnly": true}]),
@@ -372,4 +360,19 @@ pub fn is_quantity(s: &str) -> bool {
         "" | "m" | "k" | "M" | "G" | "T" | "P" | "E" | "Ki" | "Mi" | "Gi" | "Ti" | "Pi" | "Ei"
     );
     digits_ok && suffix_ok
+}
+
+/// The security context of every container we add that needs no privilege (the sidecar, node
+/// mode's wait container): Pod Security "restricted", as the image's non-root user.
+pub(super) fn unprivileged() -> Value {
+    json!({
+        "runAsNonRoot": true,
+        "runAsUser": SIDECAR_UID,
+        "runAsGroup": SIDECAR_UID,
+        "readOnlyRootFilesystem": true,
+        "allowPrivilegeEscalation": false,
+        "privileged": false,
+        "capabilities": {"drop": ["ALL"]},
+        "seccompProfile": {"type": "RuntimeDefault"},
+    })
 }
