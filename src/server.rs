@@ -29,7 +29,7 @@ use tokio::sync::{Semaphore, watch};
 use crate::config::Listen;
 use crate::protocol::{self, app_service, imds};
 use crate::service::{Body, Service};
-use crate::telemetry::caller::Connection;
+use crate::telemetry::caller::{Connection, NamespaceDiag};
 use crate::telemetry::metrics::Endpoint;
 
 /// A client must send its request head within this time (slowloris defence).
@@ -232,11 +232,13 @@ pub const POD_UID_HEADER: &str = "x-identity-sidecar-pod-uid";
 /// Serves `service` on `listener` (the node agent's listener inside one pod) until `stop`: then
 /// the listener closes and every open connection is dropped at once, with the last references
 /// to the service (so its cached tokens go with it). Each answer carries [`AGENT_HEADER`] and the
-/// pod's UID in [`POD_UID_HEADER`].
+/// pod's UID in [`POD_UID_HEADER`]. A caller's uid is asked of `diag`, opened in the pod's
+/// namespace (the agent's own namespace cannot see the pod's sockets).
 pub async fn serve_pod(
     listener: TcpListener,
     service: Arc<Service>,
     pod_uid: HeaderValue,
+    diag: Option<Arc<NamespaceDiag>>,
     mut stop: watch::Receiver<bool>,
 ) {
     let http = http1();
@@ -253,7 +255,7 @@ pub async fn serve_pod(
         }
         let _ = stream.set_nodelay(true);
         let local = stream.local_addr().unwrap_or(peer);
-        let conn = Arc::new(Connection::new(peer, local));
+        let conn = Arc::new(Connection::in_namespace(peer, local, diag.clone()));
         let (service, uid) = (Arc::clone(&service), pod_uid.clone());
         let svc = service_fn(move |req| {
             let (service, uid, conn) = (Arc::clone(&service), uid.clone(), Arc::clone(&conn));

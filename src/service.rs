@@ -21,7 +21,7 @@ use crate::protocol::{
     Flavor, FlavorName, HttpError, MAX_FORM_BODY, Params, Query, TokenRequest, app_service, imds,
 };
 use crate::telemetry::caller::Connection;
-use crate::telemetry::metrics::{FederatedState, Metrics, ResourceLabel, TokenState};
+use crate::telemetry::metrics::{FederatedState, Metrics, ResourceLabel, Scrape, TokenState};
 use crate::telemetry::summary::{self, Summary};
 
 mod answers;
@@ -62,6 +62,20 @@ pub struct PodParts {
     pub metrics: Arc<Metrics>,
     pub summary: Arc<Summary>,
     pub access_log: bool,
+    /// `--audit-log` of the node agent.
+    pub audit_log: bool,
+    /// The pod served, named by its audit lines.
+    pub pod: audit::PodRef,
+}
+
+/// The `resource` label rule of `policy`'s resource allow-list; `None` (all aggregated as `*`)
+/// without one.
+pub fn resource_label_rule(policy: &Policy) -> Option<ResourceLabel> {
+    let rules = policy.allowed_resources.clone();
+    (!rules.is_empty()).then(|| {
+        Box::new(move |r: &str| rules.iter().find(|x| x.matches(r)).map(|x| x.to_string()))
+            as ResourceLabel
+    })
 }
 
 /// Shared state of the request path.
@@ -77,6 +91,8 @@ pub struct Service {
     access_log: bool,
     /// `--audit-log`: a JSON audit line per token request.
     audit_log: bool,
+    /// The pod served, in node mode (its audit lines name it).
+    pod: Option<audit::PodRef>,
     summary: Arc<Summary>,
     answers: Answers,
     watch: tokio::task::JoinHandle<()>,
@@ -96,12 +112,9 @@ impl Service {
     /// Builds the request path and starts its background work (the token file's watch and the
     /// cache's refresher) on the current Tokio runtime.
     pub fn build(cfg: &ServeConfig) -> Result<Arc<Service>, String> {
-        let rules = cfg.policy.allowed_resources.clone();
-        let resource_rule: Option<ResourceLabel> = (!rules.is_empty()).then(|| {
-            Box::new(move |r: &str| rules.iter().find(|x| x.matches(r)).map(|x| x.to_string()))
-                as ResourceLabel
-        });
-        let metrics = Arc::new(Metrics::with_resource_label(resource_rule));
+        let metrics = Arc::new(Metrics::with_resource_label(resource_label_rule(
+            &cfg.policy,
+        )));
         let source = TokenSource::new(&cfg.token_file);
         let entra = EntraClient::new(
             &cfg.authority,
@@ -136,6 +149,7 @@ impl Service {
             passthrough,
             access_log: cfg.access_log,
             audit_log: cfg.audit_log,
+            pod: None,
             summary,
             answers: Answers::default(),
             watch,
@@ -162,8 +176,8 @@ impl Service {
             passthrough: None,
             token_proxy: None,
             access_log: pod.access_log,
-            // The node agent has no --audit-log (yet): the audit line is the sidecar's.
-            audit_log: false,
+            audit_log: pod.audit_log,
+            pod: Some(pod.pod),
             summary: pod.summary,
             answers: Answers::default(),
             watch,
@@ -342,6 +356,7 @@ impl Service {
                 app_request_id,
                 peer: ctx.conn.peer,
                 caller: ctx.conn.caller(),
+                pod: self.pod.as_ref(),
             });
         }
     }
@@ -377,18 +392,15 @@ impl Service {
         json(status, body.to_string().into_bytes())
     }
 
-    /// `/metrics`, in Prometheus' text format.
-    pub fn metrics_page(&self, req: &Request<Incoming>) -> Response<Body> {
-        if let Some(refused) = only_get(req) {
-            return refused;
-        }
+    /// What this request path shows at a scrape: its federated token and cached tokens.
+    pub fn scrape(&self) -> Scrape {
         let federated = self.tokens.source().current().ok().map(|t| FederatedState {
             seconds_left: t.seconds_left(),
             expires_at: t.claims.exp,
             issued_at: t.claims.iat,
         });
         let tokens = self.tokens.cached_tokens();
-        let text = self.metrics.render(
+        self.metrics.scrape_of(
             federated,
             tokens.iter().map(|(client_id, scope, t)| TokenState {
                 client_id,
@@ -396,7 +408,15 @@ impl Service {
                 expires_on: t.expires_on,
                 received_at: t.not_before,
             }),
-        );
+        )
+    }
+
+    /// `/metrics`, in Prometheus' text format.
+    pub fn metrics_page(&self, req: &Request<Incoming>) -> Response<Body> {
+        if let Some(refused) = only_get(req) {
+            return refused;
+        }
+        let text = self.metrics.render_scrapes([self.scrape()], None);
         let mut r = Response::new(Full::new(Bytes::from(text)));
         r.headers_mut().insert(
             header::CONTENT_TYPE,

@@ -10,6 +10,11 @@
 //! matches the token an app logged or sent); the federated token, the client assertion and the
 //! identity header are never handed to this module at all.
 //!
+//! In node mode (`identity-sidecar-node --audit-log`) a line also names the pod it was served
+//! for (`pod_namespace`, `pod_name`, `pod_uid`): the pod whose network namespace the accepting
+//! socket lives in, which is the caller's identity there. A sidecar's line has no such fields
+//! (its pod is the one it runs in).
+//!
 //! Written like the access log: built in a reused per-thread buffer and handed to the batching log
 //! writer ([`crate::telemetry::logging::sink`]); without that writer (a library user, tests in
 //! process) it is a `tracing` event of target `identity_sidecar::audit`.
@@ -40,6 +45,16 @@ pub struct Entry<'a> {
     pub app_request_id: Option<&'a str>,
     pub peer: std::net::SocketAddr,
     pub caller: &'a Caller,
+    /// The pod served (node mode); `None` for a sidecar.
+    pub pod: Option<&'a PodRef>,
+}
+
+/// The pod a node agent's listener serves.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct PodRef {
+    pub namespace: String,
+    pub name: String,
+    pub uid: String,
 }
 
 thread_local! {
@@ -103,6 +118,11 @@ pub fn line(buf: &mut Vec<u8>, e: &Entry<'_>) {
         None => buf.extend_from_slice(b",\"caller_uid\":null"),
     }
     str_field(buf, "caller_process", e.caller.process.as_deref());
+    if let Some(p) = e.pod {
+        str_field(buf, "pod_namespace", Some(&p.namespace));
+        str_field(buf, "pod_name", Some(&p.name));
+        str_field(buf, "pod_uid", Some(&p.uid));
+    }
     buf.extend_from_slice(b"}\n");
 }
 
@@ -159,6 +179,7 @@ mod tests {
             app_request_id: Some("app-1"),
             peer: "127.0.0.1:5555".parse().expect("addr"),
             caller: &caller,
+            pod: None,
         };
         let mut buf = Vec::new();
         line(&mut buf, &e);
@@ -170,6 +191,22 @@ mod tests {
         assert_eq!(v["entra_attempts"], 2);
         assert_eq!(v["caller_uid"], 1000);
         assert_eq!(v["error"], serde_json::Value::Null);
+        assert!(v.get("pod_uid").is_none(), "a sidecar's line names no pod");
+        let pod = PodRef {
+            namespace: "apps".into(),
+            name: "web-\"1".into(),
+            uid: "0a1b".into(),
+        };
+        let e = Entry {
+            pod: Some(&pod),
+            ..e
+        };
+        buf.clear();
+        line(&mut buf, &e);
+        let v: serde_json::Value = serde_json::from_slice(&buf).expect("json");
+        assert_eq!(v["pod_namespace"], "apps");
+        assert_eq!(v["pod_name"], "web-\"1");
+        assert_eq!(v["pod_uid"], "0a1b");
     }
 
     #[test]

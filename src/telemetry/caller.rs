@@ -13,9 +13,16 @@
 //!   readable to us (the same uid, or root), else the name all of them share, when they share
 //!   one. Remembered per uid for [`NAME_TTL`], so a client opening a connection per request
 //!   does not make the sidecar walk `/proc` each time.
+//!
+//! In node mode the agent runs in the node's namespace while the caller's socket is in the pod's:
+//! a netlink socket answers only for the namespace it was opened in, so the agent opens one
+//! [`NamespaceDiag`] per pod, on the thread that entered the pod's namespace to bind the
+//! listener, and each connection of that pod asks it ([`Connection::in_namespace`]). The process
+//! name is not looked up there: the agent sees every process of the node (`hostPID`), so a name
+//! chosen by uid could belong to another pod.
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// The caller of one connection.
@@ -32,6 +39,8 @@ pub struct Caller {
 pub struct Connection {
     pub peer: SocketAddr,
     pub local: SocketAddr,
+    /// The accepting socket's namespace, when it is not ours (node mode).
+    namespace: Option<Arc<NamespaceDiag>>,
     caller: std::sync::OnceLock<Caller>,
 }
 
@@ -40,13 +49,69 @@ impl Connection {
         Connection {
             peer,
             local,
+            namespace: None,
+            caller: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// A connection accepted by a socket of another network namespace, whose caller is asked of
+    /// `diag` (opened in that namespace); `None`: the caller is not looked up (no uid).
+    pub fn in_namespace(
+        peer: SocketAddr,
+        local: SocketAddr,
+        diag: Option<Arc<NamespaceDiag>>,
+    ) -> Self {
+        Connection {
+            peer,
+            local,
+            namespace: Some(diag.unwrap_or_else(|| Arc::new(NamespaceDiag::none()))),
             caller: std::sync::OnceLock::new(),
         }
     }
 
     /// The caller, looked up now if this is the first time it is asked for.
     pub fn caller(&self) -> &Caller {
-        self.caller.get_or_init(|| lookup(self.peer, self.local))
+        self.caller.get_or_init(|| match &self.namespace {
+            None => lookup(self.peer, self.local),
+            Some(ns) => Caller {
+                uid: ns.socket_owner(canonical(self.peer), canonical(self.local)),
+                process: None,
+            },
+        })
+    }
+}
+
+/// A `NETLINK_SOCK_DIAG` socket opened in one network namespace (the thread's when opened), for
+/// the uids of that namespace's sockets. Queries are serialized (a few microseconds each) and
+/// matched to their answer by sequence number.
+#[derive(Debug)]
+pub struct NamespaceDiag {
+    fd: Option<Mutex<std::os::fd::OwnedFd>>,
+    seq: std::sync::atomic::AtomicU32,
+}
+
+impl NamespaceDiag {
+    /// A socket in the calling thread's network namespace.
+    pub fn open() -> std::io::Result<NamespaceDiag> {
+        Ok(NamespaceDiag {
+            fd: Some(Mutex::new(diag::open()?)),
+            seq: std::sync::atomic::AtomicU32::new(1),
+        })
+    }
+
+    /// No socket: every lookup finds nothing.
+    fn none() -> NamespaceDiag {
+        NamespaceDiag {
+            fd: None,
+            seq: std::sync::atomic::AtomicU32::new(1),
+        }
+    }
+
+    /// The uid of the TCP socket bound to `peer` and connected to `local` in this namespace.
+    pub fn socket_owner(&self, peer: SocketAddr, local: SocketAddr) -> Option<u32> {
+        let fd = self.fd.as_ref()?.lock().ok()?;
+        let seq = self.seq.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        diag::query(&fd, seq, peer, local).map(|(uid, _)| uid)
     }
 }
 
@@ -197,6 +262,7 @@ fn sole_name(names: Vec<String>) -> Option<String> {
 /// The kernel's socket diagnostics over netlink: one exact `inet_diag` request.
 mod diag {
     use std::net::{IpAddr, SocketAddr};
+    use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd};
 
     const NETLINK_SOCK_DIAG: i32 = 4;
     const SOCK_DIAG_BY_FAMILY: u16 = 20;
@@ -263,8 +329,54 @@ mod diag {
         b
     }
 
-    /// The uid and inode of the TCP socket bound to `peer` and connected to `local`.
+    /// A `NETLINK_SOCK_DIAG` socket in the calling thread's network namespace, with a 1 s
+    /// receive timeout.
+    pub(super) fn open() -> std::io::Result<OwnedFd> {
+        // SAFETY: plain socket creation; the fd is owned at once.
+        let fd = unsafe {
+            libc::socket(
+                libc::AF_NETLINK,
+                libc::SOCK_DGRAM | libc::SOCK_CLOEXEC,
+                NETLINK_SOCK_DIAG,
+            )
+        };
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: fd was just created and is owned by nobody else.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        let timeout = libc::timeval {
+            tv_sec: 1,
+            tv_usec: 0,
+        };
+        // SAFETY: a valid fd and a timeval that outlives the call.
+        unsafe {
+            libc::setsockopt(
+                fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_RCVTIMEO,
+                (&raw const timeout).cast(),
+                std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+            );
+        }
+        Ok(fd)
+    }
+
+    /// The uid and inode of the TCP socket bound to `peer` and connected to `local`, asked on a
+    /// socket of our own namespace opened for this one question.
     pub(super) fn socket_owner(peer: SocketAddr, local: SocketAddr) -> Option<(u32, u64)> {
+        query(&open().ok()?, 1, peer, local)
+    }
+
+    /// The uid and inode of the TCP socket bound to `peer` and connected to `local`, in the
+    /// namespace `fd` was opened in; the answer must carry sequence number `seq` (an answer
+    /// left over from an earlier query that timed out is skipped).
+    pub(super) fn query(
+        fd: &OwnedFd,
+        seq: u32,
+        peer: SocketAddr,
+        local: SocketAddr,
+    ) -> Option<(u32, u64)> {
         let family = if peer.is_ipv4() {
             libc::AF_INET
         } else {
@@ -275,7 +387,7 @@ mod diag {
                 len: std::mem::size_of::<Request>() as u32,
                 ty: SOCK_DIAG_BY_FAMILY,
                 flags: NLM_F_REQUEST,
-                seq: 1,
+                seq,
                 pid: 0,
             },
             family: family as u8,
@@ -292,63 +404,69 @@ mod diag {
             },
             ..Request::default()
         };
-        // SAFETY: plain syscalls on a socket we own and close; the buffers outlive the calls
-        // and their lengths are passed as they are.
+        // SAFETY: plain syscalls on a socket we own; the buffers outlive the calls and their
+        // lengths are passed as they are.
         unsafe {
-            let fd = libc::socket(
-                libc::AF_NETLINK,
-                libc::SOCK_DGRAM | libc::SOCK_CLOEXEC,
-                NETLINK_SOCK_DIAG,
-            );
-            if fd < 0 {
-                return None;
-            }
-            let timeout = libc::timeval {
-                tv_sec: 1,
-                tv_usec: 0,
-            };
-            libc::setsockopt(
-                fd,
-                libc::SOL_SOCKET,
-                libc::SO_RCVTIMEO,
-                (&raw const timeout).cast(),
-                std::mem::size_of::<libc::timeval>() as libc::socklen_t,
-            );
             let mut kernel: libc::sockaddr_nl = std::mem::zeroed();
             kernel.nl_family = libc::AF_NETLINK as libc::sa_family_t;
             let sent = libc::sendto(
-                fd,
+                fd.as_raw_fd(),
                 (&raw const req).cast(),
                 std::mem::size_of::<Request>(),
                 0,
                 (&raw const kernel).cast(),
                 std::mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t,
             );
+            if sent <= 0 {
+                return None;
+            }
             let mut buf = [0u8; 1024];
-            let got = if sent > 0 {
-                libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), 0)
-            } else {
-                -1
-            };
-            libc::close(fd);
-            parse(buf.get(..usize::try_from(got).ok()?)?)
+            // A few stale answers at most (earlier queries that timed out).
+            for _ in 0..4 {
+                let got = libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0);
+                let answer = buf.get(..usize::try_from(got).ok()?)?;
+                match parse(answer) {
+                    Parsed::Answer { seq: s, found } if s == seq => return found,
+                    _ => continue,
+                }
+            }
+            None
         }
     }
 
-    /// The first message of a reply: the socket's uid and inode, or `None` for an error
-    /// (`ENOENT`: no such socket) or a short read.
-    fn parse(buf: &[u8]) -> Option<(u32, u64)> {
+    /// What one message of a reply says.
+    enum Parsed {
+        /// The answer to query `seq`: the socket's uid and inode, or `None` for an error
+        /// (`ENOENT`: no such socket).
+        Answer { seq: u32, found: Option<(u32, u64)> },
+        /// A short read or another message.
+        Other,
+    }
+
+    /// The first message of a reply.
+    fn parse(buf: &[u8]) -> Parsed {
         let hdr_len = std::mem::size_of::<NlMsgHdr>();
-        let hdr = buf.get(..hdr_len)?;
+        let Some(hdr) = buf.get(..hdr_len) else {
+            return Parsed::Other;
+        };
         let ty = u16::from_ne_bytes([hdr[4], hdr[5]]);
-        if ty == NLMSG_ERROR || ty != SOCK_DIAG_BY_FAMILY {
-            return None;
+        let seq = u32::from_ne_bytes([hdr[8], hdr[9], hdr[10], hdr[11]]);
+        if ty == NLMSG_ERROR {
+            return Parsed::Answer { seq, found: None };
         }
-        let body = buf.get(hdr_len..hdr_len + std::mem::size_of::<Reply>())?;
+        if ty != SOCK_DIAG_BY_FAMILY {
+            return Parsed::Other;
+        }
+        let Some(body) = buf.get(hdr_len..hdr_len + std::mem::size_of::<Reply>()) else {
+            return Parsed::Other;
+        };
         // SAFETY: `body` holds size_of::<Reply>() bytes, and every bit pattern is a valid Reply
         // (integers only); read_unaligned needs no alignment.
         let reply: Reply = unsafe { std::ptr::read_unaligned(body.as_ptr().cast()) };
-        Some((reply.uid, u64::from(reply.inode)))
+        Parsed::Answer {
+            seq,
+            found: Some((reply.uid, u64::from(reply.inode))),
+        }
     }
 }
 
@@ -411,6 +529,17 @@ mod tests {
             assert_eq!(by_netlink.map(|f| f.0), Some(uid), "{bind}");
             assert_eq!(by_netlink, by_table, "{bind}");
             assert_eq!(lookup(peer, local).uid, Some(uid));
+            // The same answer on a kept socket, question after question.
+            let ns = NamespaceDiag::open().expect("sock_diag socket");
+            for _ in 0..3 {
+                assert_eq!(
+                    ns.socket_owner(canonical(peer), canonical(local)),
+                    Some(uid)
+                );
+            }
+            let conn = Connection::in_namespace(peer, local, Some(Arc::new(ns)));
+            assert_eq!(conn.caller().uid, Some(uid));
+            assert_eq!(conn.caller().process, None);
         }
         let nobody: SocketAddr = "127.0.0.1:1".parse().expect("addr");
         assert_eq!(diag::socket_owner(nobody, nobody), None);
