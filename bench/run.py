@@ -10,7 +10,8 @@ examples/minimal_server.rs with the same worker count (serve's default: one).
 
 Measures warm-cache requests/s and latency p50/p99/p99.9 at 1 and 64 keep-alive connections (IMDS
 and App Service flavors, default logging), a new connection per request, with --access-log, and a
-normal client while four others send the 15 KB many-parameter query; server CPU time per request,
+normal client while four others send the 15 KB many-parameter query, with --audit-log (64 keep-alive
+connections, and a new connection per request, which pays the caller's /proc lookup each time); server CPU time per request,
 RSS idle / peak / after a million requests, the stripped binary size, and the time from process
 start to /readyz 200. Prints a Markdown table; checks the targets of issue 10 and exits 1 if one is
 missed.
@@ -210,6 +211,15 @@ def main():
         procs.append(loud)
         wait_port(qp)
         assert http_get(qp, IMDS_PATH, {"Metadata": "true"})[0] == 200
+        # A third with the audit line on (--audit-log): a JSON line and the caller's uid per request.
+        ap_ = free_port()
+        audited = subprocess.Popen([binary, "serve", "--audit-log"],
+                                   env=dict(env, IDENTITY_SIDECAR_LISTEN="127.0.0.1:%d" % ap_),
+                                   stderr=subprocess.DEVNULL)
+        procs.append(audited)
+        wait_port(ap_)
+        assert http_get(ap_, IMDS_PATH, {"Metadata": "true"})[0] == 200
+        pids = {sp: side.pid, qp: loud.pid, ap_: audited.pid}
         mp = free_port()
         mini = subprocess.Popen([minimal, "127.0.0.1:%d" % mp, str(size)], stderr=subprocess.DEVNULL)
         procs.append(mini)
@@ -223,11 +233,14 @@ def main():
             ("App Service, 64 conns", sp, AS_PATH, 64, {"X-IDENTITY-HEADER": HEADER}, False),
             ("IMDS, new connection per request (8 clients)", sp, IMDS_PATH, 8, {"Metadata": "true"}, True),
             ("IMDS, 64 conns, --access-log", qp, IMDS_PATH, 64, {"Metadata": "true"}, False),
+            ("IMDS, 64 conns, --audit-log", ap_, IMDS_PATH, 64, {"Metadata": "true"}, False),
+            ("IMDS, new connection per request (8 clients), --audit-log", ap_, IMDS_PATH, 8,
+             {"Metadata": "true"}, True),
         ]
         results = {}
         served_all = 0
         for name, port, path, conns, headers, close in runs:
-            spid = loud.pid if port == qp else side.pid
+            spid = pids[port]
             pairs = []
             for _ in range(repeat):
                 pair = {}
@@ -238,7 +251,7 @@ def main():
                     pair[who] = r
                 pair["cpu_ratio"] = pair["sidecar"]["cpu_us"] / max(pair["minimal"]["cpu_us"], 1e-9)
                 pair["rps_ratio"] = pair["sidecar"]["rps"] / max(pair["minimal"]["rps"], 1e-9)
-                if port != qp:
+                if port == sp:
                     served_all += pair["sidecar"]["total"]
                 pairs.append(pair)
             pairs.sort(key=lambda x: x["cpu_ratio"])
@@ -283,7 +296,7 @@ def main():
                      s["cpu_us"], m["cpu_us"], cpur))
             if s["non2xx"] or s["sockerr"]:
                 failures.append("%s: %d non-2xx, socket errors %s" % (name, s["non2xx"], s["sockerr"] or "none"))
-            if name.split(" (")[0].endswith("64 conns"):  # default logging; --access-log is informative
+            if name.split(" (")[0].endswith("64 conns"):  # default logging; the logged rows are informative
                 if ratio < 0.85:
                     failures.append("%s: throughput ratio %.2f < 0.85" % (name, ratio))
                 if p99r > 1.5:

@@ -16,6 +16,13 @@ use crate::telemetry::logging::LogFormat;
 
 pub const DEFAULT_AUTHORITY: &str = "https://login.microsoftonline.com/";
 pub const DEFAULT_PORT: u16 = 8000;
+/// The admin listener's port in the manifests and the webhook's injection (`--admin-listen
+/// 0.0.0.0:8491`): metrics and probes on the pod IP. Chosen outside every range a pod's other
+/// containers are likely to hold: app frameworks' 3000-3999, 5000-5999 and 8000-8099, the
+/// Prometheus exporters' 9100-9999, Istio's 15000-15090, Linkerd's 4140-4191, Dapr's 3500/3501/
+/// 9090/50001, Consul's 8500-8502/19000-21255, Envoy's 9901, OpenTelemetry's 4317/4318/8888/8889/
+/// 13133, the EKS agent's 2703/2705 and gke-metadata-server's 16321/16322 (docs/operations.md).
+pub const DEFAULT_ADMIN_PORT: u16 = 8491;
 pub const DEFAULT_WORKER_THREADS: usize = 1;
 
 /// The validated configuration `serve` runs on.
@@ -27,6 +34,11 @@ pub struct ServeConfig {
     pub token_file: PathBuf,
     pub authority: Url,
     pub listen: Listen,
+    /// `--admin-listen`: where `/metrics`, `/healthz` and `/readyz` are also served, and nothing
+    /// else; `None`: no admin listener.
+    pub admin_listen: Option<SocketAddr>,
+    /// `--audit-log`: one JSON audit line per token request.
+    pub audit_log: bool,
     /// What requests may ask for; the protocol adapters read only this.
     pub policy: Policy,
     pub log_format: LogFormat,

@@ -7,24 +7,45 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use arc_swap::ArcSwapOption;
 use bytes::Bytes;
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt as _, Full, Limited};
 use hyper::body::Incoming;
 
 use crate::config::{Policy, ServeConfig};
-use crate::core::TokenService;
-use crate::core::cache::{CachedToken, Lookup};
-use crate::core::entra::EntraClient;
+use crate::core::cache::CachedToken;
+use crate::core::entra::{EntraCall, EntraClient, EntraError};
 use crate::core::federated::TokenSource;
+use crate::core::{Lookup, TokenError, TokenService};
 use crate::protocol::{
-    Flavor, FlavorName, HttpError, MAX_FORM_BODY, Params, Query, Shape, TokenRequest, app_service,
-    imds,
+    Flavor, FlavorName, HttpError, MAX_FORM_BODY, Params, Query, TokenRequest, app_service, imds,
 };
-use crate::telemetry::access_log;
-use crate::telemetry::metrics::Metrics;
+use crate::telemetry::caller::Connection;
+use crate::telemetry::metrics::{FederatedState, Metrics, ResourceLabel, Scrape, TokenState};
 use crate::telemetry::summary::{self, Summary};
+
+mod answers;
+use crate::telemetry::{access_log, audit};
+use answers::Answers;
+
+/// Longest `x-ms-client-request-id` copied into an audit line (SDKs send a 36-character GUID).
+const MAX_APP_REQUEST_ID: usize = 128;
+
+/// The request a token answer is for, as its log lines need it.
+struct Ctx<'a> {
+    headers: &'a http::HeaderMap,
+    conn: &'a Connection,
+    started: Instant,
+}
+
+/// How the token core answered one request, as its log lines need it.
+struct Outcome<'a> {
+    result: Result<&'a CachedToken, &'a HttpError>,
+    /// `None`: refused before it reached the cache.
+    lookup: Option<Lookup>,
+    call: Option<&'a EntraCall>,
+    entra_error_codes: &'a [i64],
+}
 
 /// Largest request body forwarded with `--imds-passthrough`.
 const MAX_PASSTHROUGH_BODY: usize = 64 * 1024;
@@ -41,6 +62,20 @@ pub struct PodParts {
     pub metrics: Arc<Metrics>,
     pub summary: Arc<Summary>,
     pub access_log: bool,
+    /// `--audit-log` of the node agent.
+    pub audit_log: bool,
+    /// The pod served, named by its audit lines.
+    pub pod: audit::PodRef,
+}
+
+/// The `resource` label rule of `policy`'s resource allow-list; `None` (all aggregated as `*`)
+/// without one.
+pub fn resource_label_rule(policy: &Policy) -> Option<ResourceLabel> {
+    let rules = policy.allowed_resources.clone();
+    (!rules.is_empty()).then(|| {
+        Box::new(move |r: &str| rules.iter().find(|x| x.matches(r)).map(|x| x.to_string()))
+            as ResourceLabel
+    })
 }
 
 /// Shared state of the request path.
@@ -54,6 +89,10 @@ pub struct Service {
     token_proxy: Option<String>,
     /// `--access-log`: a line per token request at info (otherwise only at debug).
     access_log: bool,
+    /// `--audit-log`: a JSON audit line per token request.
+    audit_log: bool,
+    /// The pod served, in node mode (its audit lines name it).
+    pod: Option<audit::PodRef>,
     summary: Arc<Summary>,
     answers: Answers,
     watch: tokio::task::JoinHandle<()>,
@@ -73,7 +112,9 @@ impl Service {
     /// Builds the request path and starts its background work (the token file's watch and the
     /// cache's refresher) on the current Tokio runtime.
     pub fn build(cfg: &ServeConfig) -> Result<Arc<Service>, String> {
-        let metrics = Arc::new(Metrics::new());
+        let metrics = Arc::new(Metrics::with_resource_label(resource_label_rule(
+            &cfg.policy,
+        )));
         let source = TokenSource::new(&cfg.token_file);
         let entra = EntraClient::new(
             &cfg.authority,
@@ -107,6 +148,8 @@ impl Service {
             metrics,
             passthrough,
             access_log: cfg.access_log,
+            audit_log: cfg.audit_log,
+            pod: None,
             summary,
             answers: Answers::default(),
             watch,
@@ -133,6 +176,8 @@ impl Service {
             passthrough: None,
             token_proxy: None,
             access_log: pod.access_log,
+            audit_log: pod.audit_log,
+            pod: Some(pod.pod),
             summary: pod.summary,
             answers: Answers::default(),
             watch,
@@ -146,13 +191,20 @@ impl Service {
 
     /// A token request in flavor `F`: method, parameters (the query, or the form body of a
     /// [`Params::Form`] flavor), version, request and identity checks, then the token core, then
-    /// `F`'s rendering; one access-log line whatever happens.
+    /// `F`'s rendering; one access-log line (and with `--audit-log` one audit line) whatever
+    /// happens.
     pub async fn token<F: Flavor>(
         &self,
         req: Request<Incoming>,
         started: Instant,
+        conn: &Connection,
     ) -> Response<Body> {
         let (head, body) = req.into_parts();
+        let ctx = Ctx {
+            headers: &head.headers,
+            conn,
+            started,
+        };
         let form = match (F::PARAMS, &head.method) {
             (Params::Query, m) if m != Method::GET => Err(method_not_allowed_error(F::ALLOW)),
             (Params::Form, m) if m != Method::POST => Err(method_not_allowed_error(F::ALLOW)),
@@ -164,7 +216,7 @@ impl Service {
         };
         let form = match form {
             Ok(f) => f,
-            Err(e) => return self.refused::<F>(F::NAME, &e, started),
+            Err(e) => return self.refused::<F>(F::NAME, &e, &ctx),
         };
         let raw = match &form {
             Some(f) => Some(f.as_str()),
@@ -172,7 +224,7 @@ impl Service {
         };
         let params = match Query::parse(raw) {
             Ok(q) => q,
-            Err(e) => return self.refused::<F>(F::NAME, &e, started),
+            Err(e) => return self.refused::<F>(F::NAME, &e, &ctx),
         };
         let parsed = match F::version(&params) {
             Err(e) => Err((F::NAME, e)),
@@ -183,19 +235,37 @@ impl Service {
         };
         let (version, treq) = match parsed {
             Ok(p) => p,
-            Err((name, e)) => return self.refused::<F>(name, &e, started),
+            Err((name, e)) => return self.refused::<F>(name, &e, &ctx),
         };
-        match self.tokens.token(treq.client_id, &treq.resource).await {
-            Ok((t, how)) => {
+        let served = self.tokens.token(treq.client_id, &treq.resource).await;
+        let call = served.call.as_deref();
+        match &served.result {
+            Ok(t) => {
                 let shape = F::shape(version, &head.headers, &self.policy);
-                let resp = json(StatusCode::OK, self.answers.get(shape, &t, &treq));
-                self.finished(F::name(version), Some(&treq), &resp, Ok(how), started);
+                let resp = json(StatusCode::OK, self.answers.get(shape, t, &treq));
+                let outcome = Outcome {
+                    result: Ok(t),
+                    lookup: Some(served.lookup),
+                    call,
+                    entra_error_codes: &[],
+                };
+                self.finished(F::name(version), Some(&treq), &resp, &outcome, &ctx);
                 resp
             }
             Err(e) => {
-                let e = HttpError::from_token_error(&e);
+                let codes = match e {
+                    TokenError::Entra(EntraError::Rejected { codes, .. }) => codes.as_slice(),
+                    _ => &[],
+                };
+                let e = HttpError::from_token_error(e);
                 let resp = flavor_error::<F>(&e);
-                self.finished(F::name(version), Some(&treq), &resp, Err(&e), started);
+                let outcome = Outcome {
+                    result: Err(&e),
+                    lookup: Some(served.lookup),
+                    call,
+                    entra_error_codes: codes,
+                };
+                self.finished(F::name(version), Some(&treq), &resp, &outcome, &ctx);
                 resp
             }
         }
@@ -206,22 +276,29 @@ impl Service {
         &self,
         flavor: FlavorName,
         e: &HttpError,
-        started: Instant,
+        ctx: &Ctx<'_>,
     ) -> Response<Body> {
         let resp = flavor_error::<F>(e);
-        self.finished(flavor, None, &resp, Err(e), started);
+        let outcome = Outcome {
+            result: Err(e),
+            lookup: None,
+            call: None,
+            entra_error_codes: &[],
+        };
+        self.finished(flavor, None, &resp, &outcome, ctx);
         resp
     }
 
     /// What every token request leaves behind: its count in the summary, its access-log line
-    /// (`--access-log` or debug), and for an error answer an info line saying why.
+    /// (`--access-log` or debug), its audit line (`--audit-log`), and for an error answer an
+    /// info line saying why.
     fn finished(
         &self,
         flavor: FlavorName,
         req: Option<&TokenRequest<'_>>,
         resp: &Response<Body>,
-        outcome: Result<Lookup, &HttpError>,
-        started: Instant,
+        outcome: &Outcome<'_>,
+        ctx: &Ctx<'_>,
     ) {
         let protocol = match flavor {
             FlavorName::Imds => summary::Protocol::Imds,
@@ -229,13 +306,13 @@ impl Service {
         };
         self.summary.record(
             protocol,
-            match outcome {
-                Ok(Lookup::Hit) => summary::Outcome::Hit,
-                Ok(Lookup::Miss) => summary::Outcome::Miss,
-                Err(_) => summary::Outcome::Error,
+            match (outcome.result, outcome.lookup) {
+                (Ok(_), Some(Lookup::Hit)) => summary::Outcome::Hit,
+                (Ok(_), _) => summary::Outcome::Miss,
+                (Err(_), _) => summary::Outcome::Error,
             },
         );
-        if let Err(e) = outcome {
+        if let Err(e) = outcome.result {
             // Request input (resource) and error text are written with Debug: quoted and
             // escaped, so a crafted value cannot forge a line.
             tracing::info!(
@@ -253,13 +330,35 @@ impl Service {
             client_id: req.map_or("-", |r| r.client_id),
             resource: req.map_or("-", |r| &r.resource),
             status: resp.status().as_u16(),
-            latency_ms: started.elapsed().as_secs_f64() * 1000.0,
-            cache: match outcome {
-                Ok(Lookup::Hit) => "hit",
-                Ok(Lookup::Miss) => "miss",
-                Err(_) => "-",
+            latency_ms: ctx.started.elapsed().as_secs_f64() * 1000.0,
+            cache: match (outcome.result, outcome.lookup) {
+                (Ok(_), Some(l)) => l.as_str(),
+                _ => "-",
             },
         });
+        if self.audit_log {
+            let app_request_id = ctx
+                .headers
+                .get("x-ms-client-request-id")
+                .and_then(|v| v.to_str().ok())
+                .map(|v| &v[..v.len().min(MAX_APP_REQUEST_ID)]);
+            audit::record(&audit::Entry {
+                flavor: flavor.as_str(),
+                client_id: req.map(|r| r.client_id),
+                resource: req.map(|r| &*r.resource),
+                status: resp.status().as_u16(),
+                error: outcome.result.err().map(|e| e.error.as_ref()),
+                entra_error_codes: outcome.entra_error_codes,
+                cache: outcome.lookup.map_or("none", Lookup::as_str),
+                latency_ms: ctx.started.elapsed().as_secs_f64() * 1000.0,
+                entra: outcome.call,
+                token_sha256: outcome.result.ok().map(|t| &*t.fingerprint),
+                app_request_id,
+                peer: ctx.conn.peer,
+                caller: ctx.conn.caller(),
+                pod: self.pod.as_ref(),
+            });
+        }
     }
 
     /// `/healthz`: the process answers.
@@ -293,18 +392,31 @@ impl Service {
         json(status, body.to_string().into_bytes())
     }
 
+    /// What this request path shows at a scrape: its federated token and cached tokens.
+    pub fn scrape(&self) -> Scrape {
+        let federated = self.tokens.source().current().ok().map(|t| FederatedState {
+            seconds_left: t.seconds_left(),
+            expires_at: t.claims.exp,
+            issued_at: t.claims.iat,
+        });
+        let tokens = self.tokens.cached_tokens();
+        self.metrics.scrape_of(
+            federated,
+            tokens.iter().map(|(client_id, scope, t)| TokenState {
+                client_id,
+                scope,
+                expires_on: t.expires_on,
+                received_at: t.not_before,
+            }),
+        )
+    }
+
     /// `/metrics`, in Prometheus' text format.
     pub fn metrics_page(&self, req: &Request<Incoming>) -> Response<Body> {
         if let Some(refused) = only_get(req) {
             return refused;
         }
-        let left = self
-            .tokens
-            .source()
-            .current()
-            .ok()
-            .map(|t| t.seconds_left());
-        let text = self.metrics.render(left);
+        let text = self.metrics.render_scrapes([self.scrape()], None);
         let mut r = Response::new(Full::new(Bytes::from(text)));
         r.headers_mut().insert(
             header::CONTENT_TYPE,
@@ -324,6 +436,20 @@ impl Service {
                     imds::PATH,
                     app_service::PATH
                 ),
+                retry_after: None,
+            },
+            imds::render_error,
+        )
+    }
+
+    /// Anything but health, readiness and metrics on the admin listener: a plain 404 that names
+    /// what is served there and nothing of the token endpoints.
+    pub fn admin_not_found(&self) -> Response<Body> {
+        error_response(
+            &HttpError {
+                status: StatusCode::NOT_FOUND,
+                error: "not_found".into(),
+                description: "The admin listener serves only /metrics, /healthz and /readyz".into(),
                 retry_after: None,
             },
             imds::render_error,
@@ -477,67 +603,6 @@ fn error_response(e: &HttpError, render: fn(&HttpError) -> Vec<u8>) -> Response<
     r
 }
 
-/// The last answer rendered per [`Shape`] and resource, reused while the same token, resource and
-/// second come again: a warm-cache request then costs a comparison and a reference count
-/// instead of rendering and copying a kilobyte-sized body, which was about a sixth of the
-/// request path's instructions (callgrind, bench/run.py's IMDS run). The token identifies the
-/// identity as well: a cached token belongs to one client id and scope. A slot holds one answer,
-/// so clients alternating between resources that share a slot re-render, as without it.
-#[derive(Default)]
-struct Answers {
-    slots: [ArcSwapOption<Answer>; Shape::COUNT * Answers::WAYS],
-}
-
-struct Answer {
-    token: Arc<CachedToken>,
-    resource: Box<str>,
-    /// The second it was rendered in, for shapes whose bytes change with it ([`Shape::ticks`]).
-    second: u64,
-    body: Bytes,
-}
-
-impl Answers {
-    /// Slots per shape, chosen by the resource's hash.
-    const WAYS: usize = 4;
-
-    fn get(&self, shape: Shape, token: &Arc<CachedToken>, req: &TokenRequest<'_>) -> Bytes {
-        let second = if shape.ticks() {
-            crate::core::federated::now_epoch()
-        } else {
-            0
-        };
-        self.get_at(second, shape, token, req)
-    }
-
-    fn get_at(
-        &self,
-        second: u64,
-        shape: Shape,
-        token: &Arc<CachedToken>,
-        req: &TokenRequest<'_>,
-    ) -> Bytes {
-        use std::hash::BuildHasher as _;
-        let way = foldhash::fast::FixedState::default().hash_one(&*req.resource) as usize;
-        let slot = &self.slots[shape.index() * Self::WAYS + way % Self::WAYS];
-        if let Some(a) = &*slot.load()
-            && Arc::ptr_eq(&a.token, token)
-            && a.second == second
-            && *a.resource == *req.resource
-        {
-            return a.body.clone();
-        }
-        // Rendered after `second` was read: a body from a later second is never reused for it.
-        let body = Bytes::from(shape.render(token, req));
-        slot.store(Some(Arc::new(Answer {
-            token: Arc::clone(token),
-            resource: req.resource.as_ref().into(),
-            second,
-            body: body.clone(),
-        })));
-        body
-    }
-}
-
 fn json(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
     let mut r = Response::new(Full::new(body.into()));
     *r.status_mut() = status;
@@ -548,102 +613,4 @@ fn json(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
     );
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     r
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::core::entra::IssuedToken;
-    use crate::core::secret::Secret;
-    use crate::protocol::user_agent::ExpiresOnFormat;
-
-    fn token(text: &str) -> Arc<CachedToken> {
-        Arc::new(CachedToken::new(IssuedToken {
-            access_token: Secret::new(text.to_string()),
-            expires_in: 3600,
-            ext_expires_in: None,
-            refresh_in: None,
-        }))
-    }
-
-    fn req(resource: &str) -> TokenRequest<'_> {
-        TokenRequest {
-            client_id: "11111111-1111-1111-1111-111111111111",
-            resource: resource.into(),
-        }
-    }
-
-    fn field(body: &[u8], name: &str) -> serde_json::Value {
-        let v: serde_json::Value = serde_json::from_slice(body).expect("json");
-        v[name].clone()
-    }
-
-    #[test]
-    fn an_answer_is_reused_only_for_the_same_token_resource_shape_and_second() {
-        let answers = Answers::default();
-        let (a, b) = (token("token-a"), token("token-b"));
-        let first = answers.get_at(100, Shape::Imds, &a, &req("https://vault.azure.net"));
-        let again = answers.get_at(100, Shape::Imds, &a, &req("https://vault.azure.net"));
-        assert_eq!(
-            first.as_ptr(),
-            again.as_ptr(),
-            "same inputs: the same bytes, not a copy"
-        );
-        // Any other input renders anew, with what that input asks for.
-        let other = answers.get_at(100, Shape::Imds, &a, &req("https://storage.azure.com"));
-        assert_eq!(field(&other, "resource"), "https://storage.azure.com");
-        // More resources than slots: some share one, and each still gets its own echo.
-        let resources: Vec<String> = (0..3 * Answers::WAYS)
-            .map(|i| format!("https://r{i}.example/"))
-            .collect();
-        for _round in 0..2 {
-            for r in &resources {
-                let body = answers.get_at(100, Shape::Imds, &a, &req(r));
-                assert_eq!(field(&body, "resource"), r.as_str());
-            }
-        }
-        let renewed = answers.get_at(100, Shape::Imds, &b, &req("https://vault.azure.net"));
-        assert_eq!(field(&renewed, "access_token"), "token-b");
-        let later = answers.get_at(101, Shape::Imds, &b, &req("https://vault.azure.net"));
-        assert_ne!(
-            later.as_ptr(),
-            renewed.as_ptr(),
-            "a new second renders anew"
-        );
-        let epoch = answers.get_at(
-            0,
-            Shape::AppService2017(ExpiresOnFormat::Epoch),
-            &b,
-            &req("r"),
-        );
-        let date = answers.get_at(
-            0,
-            Shape::AppService2017(ExpiresOnFormat::Date),
-            &b,
-            &req("r"),
-        );
-        assert!(
-            field(&epoch, "expires_on")
-                .as_str()
-                .is_some_and(|s| s.bytes().all(|c| c.is_ascii_digit()))
-        );
-        assert!(
-            field(&date, "expires_on")
-                .as_str()
-                .is_some_and(|s| s.ends_with(" +00:00"))
-        );
-        let v2019 = answers.get_at(0, Shape::AppService2019, &b, &req("r"));
-        assert_eq!(
-            field(&v2019, "client_id"),
-            "11111111-1111-1111-1111-111111111111"
-        );
-        // Each shape kept its own answer.
-        let epoch_again = answers.get_at(
-            0,
-            Shape::AppService2017(ExpiresOnFormat::Epoch),
-            &b,
-            &req("r"),
-        );
-        assert_eq!(epoch_again.as_ptr(), epoch.as_ptr());
-    }
 }

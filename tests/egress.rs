@@ -169,8 +169,8 @@ async fn a_silent_proxy_gives_503_within_15_seconds_on_default_timeouts() {
     });
     let sidecar = s
         .sidecar_with(&[("HTTPS_PROXY", format!("http://{addr}"))], |a| {
-            a.entra_timeout = None;
-            a.entra_budget = None;
+            a.entra.entra_timeout = None;
+            a.entra.entra_budget = None;
         })
         .await;
     let (took, _) = imds_gets_503_with_retry_after(&sidecar).await;

@@ -140,6 +140,11 @@ impl Harness {
 
     /// The agent, limited to `caps` (setpriv's names, as root) when given.
     fn start_agent_with_caps(&mut self, caps: Option<&[&str]>) -> Agent {
+        self.start_agent_with(caps, &[])
+    }
+
+    /// The agent, limited to `caps` when given, with `extra` arguments.
+    fn start_agent_with(&mut self, caps: Option<&[&str]>, extra: &[&str]) -> Agent {
         self.starts += 1;
         let log = self
             .node
@@ -168,7 +173,8 @@ impl Harness {
             .env("RUST_LOG", "info")
             .args(["--node-name", node_pod::NODE, "--kubelet-root-dir"])
             .arg(&self.node.kubelet_root)
-            .args(["--authority-host", self.mock.authority_url()]);
+            .args(["--authority-host", self.mock.authority_url()])
+            .args(extra);
         if let Some(p) = &self.node.proc_dir {
             cmd.arg("--proc-dir").arg(p);
         }
@@ -741,4 +747,364 @@ fn the_agent_needs_only_the_daemonsets_capabilities() {
         "{}",
         agent.logs()
     );
+}
+
+/// The value of the series `series` (name and labels exactly as written) on a metrics page.
+fn metric(page: &str, series: &str) -> Option<f64> {
+    page.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
+/// The agent's `/metrics` page on the node.
+fn metrics_page(port: u16) -> String {
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let page = node_pod::http_get(addr, "/metrics", &[]).expect("/metrics");
+    assert_eq!(page.status, 200, "{}", page.body);
+    page.body
+}
+
+/// An IMDS token request from inside `pod` by `curl` running as `uid`, with the SDK's request id
+/// header: the access token.
+fn curl_token_as(pod: &PodNs, uid: u32, request_id: &str) -> String {
+    let id = uid.to_string();
+    let out = Command::new("ip")
+        .args(["netns", "exec", pod.ns(), "setpriv", "--reuid", &id, "--regid", &id])
+        .args(["--clear-groups", "curl", "-sS", "--max-time", "20"])
+        .args(["-H", "Metadata: true", "-H"])
+        .arg(format!("x-ms-client-request-id: {request_id}"))
+        .arg(format!(
+            "http://169.254.169.254/metadata/identity/oauth2/token?api-version=2018-02-01&resource={VAULT}"
+        ))
+        .stdin(Stdio::null())
+        .output()
+        .expect("curl");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    v["access_token"]
+        .as_str()
+        .unwrap_or_else(|| {
+            panic!(
+                "no token: {} {}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            )
+        })
+        .to_string()
+}
+
+/// The audit lines of the agent's output.
+fn audit_lines(logs: &str) -> Vec<serde_json::Value> {
+    logs.lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["log"] == "audit")
+        .collect()
+}
+
+/// The audit lines of the agent's output, as written.
+fn raw_audit_lines(logs: &str) -> Vec<&str> {
+    logs.lines()
+        .filter(|l| l.contains(r#""log":"audit""#))
+        .collect()
+}
+
+#[test]
+fn audit_lines_and_metrics_name_each_pod_served() {
+    let _s = serial();
+    if let Some(why) = support::system::missing(
+        Some("node-mode tests create network namespaces"),
+        &["ip", "setpriv", "curl"],
+    ) {
+        return support::system::skip(&why);
+    }
+    let mut h = Harness::new();
+    // Pod A: an App Service endpoint too, and a resource allow-list (its metrics' resource label).
+    let (a, _) = h.pod_with("app-a", "sa-a", "10.250.6.2", Driver::Systemd, |p| {
+        p.env = vec![
+            (
+                "IDENTITY_ENDPOINT".into(),
+                "http://127.0.0.1:8000/msi/token".into(),
+            ),
+            ("IDENTITY_HEADER".into(), APP_SERVICE_SECRET.into()),
+        ];
+        p.annotations = vec![("identity-sidecar.io/allowed-resources".into(), VAULT.into())];
+    });
+    let (b, mut b_spec) = h.pod("app-b", "sa-b", "10.250.6.3", Driver::Cgroupfs);
+    // An eligible pod whose ServiceAccount does not exist: never served, counted as such.
+    let x_uid = node_pod::new_uid();
+    h.kube
+        .put_pod(PodSpec::new("app-x", &x_uid, "sa-missing", "10.250.6.4").object());
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port();
+    let health = format!("127.0.0.1:{port}");
+    let agent = h.start_agent_with(None, &["--audit-log", "--health-listen", &health]);
+    wait_for("both pods served", Duration::from_secs(30), || {
+        served(&a) && served(&b)
+    });
+
+    // Each pod's app, as a uid of its own, asks twice (an exchange, then a hit).
+    let (uid_a, uid_b) = (4301u32, 4302u32);
+    let token_a = curl_token_as(&a, uid_a, "req-a-1");
+    assert_eq!(curl_token_as(&a, uid_a, "req-a-2"), token_a);
+    let token_b = curl_token_as(&b, uid_b, "req-b-1");
+    assert_eq!(curl_token_as(&b, uid_b, "req-b-2"), token_b);
+    assert_eq!(token_claims(&token_a)["appid"], CLIENT_A);
+    assert_eq!(token_claims(&token_b)["appid"], CLIENT_B);
+    // Pod A asks for B's identity (refused), and through its App Service endpoint.
+    let refused = a
+        .imds_token(VAULT, Some(("client_id", CLIENT_B)))
+        .expect("answer");
+    assert_eq!(refused.status, 400, "{}", refused.body);
+    let msi = a
+        .get_at(
+            "127.0.0.1:8000",
+            "/msi/token?api-version=2019-08-01&resource=https://vault.azure.net",
+            &[("X-IDENTITY-HEADER", APP_SERVICE_SECRET)],
+        )
+        .expect("app service");
+    assert_eq!(msi.status, 200, "{}", msi.body);
+
+    let mut lines = Vec::new();
+    wait_for("every audit line written", Duration::from_secs(10), || {
+        lines = audit_lines(&agent.logs());
+        lines.len() >= 6
+    });
+    println!("audit lines:");
+    for l in raw_audit_lines(&agent.logs()) {
+        println!("{l}");
+    }
+    assert_eq!(lines.len(), 6, "{lines:#?}");
+    let of = |pod: &PodNs| -> Vec<&serde_json::Value> {
+        lines
+            .iter()
+            .filter(|l| l["pod_uid"] == pod.uid.as_str())
+            .collect()
+    };
+    for (pod, name, client, uid, token, ids) in [
+        (
+            &a,
+            "app-a",
+            CLIENT_A,
+            uid_a,
+            &token_a,
+            ["req-a-1", "req-a-2"],
+        ),
+        (
+            &b,
+            "app-b",
+            CLIENT_B,
+            uid_b,
+            &token_b,
+            ["req-b-1", "req-b-2"],
+        ),
+    ] {
+        let imds: Vec<&serde_json::Value> = of(pod)
+            .into_iter()
+            .filter(|l| l["flavor"] == "imds" && l["status"] == 200)
+            .collect();
+        assert_eq!(imds.len(), 2, "{name}: {lines:#?}");
+        let fingerprint = identity_sidecar::telemetry::audit::fingerprint(token);
+        for (l, (id, cache)) in imds.iter().zip(ids.iter().zip(["miss", "hit"])) {
+            assert_eq!(l["pod_namespace"], "apps", "{l}");
+            assert_eq!(l["pod_name"], name, "{l}");
+            assert_eq!(l["client_id"], client, "{l}");
+            assert_eq!(l["resource"], VAULT, "{l}");
+            assert_eq!(
+                l["caller_uid"], uid,
+                "the caller's uid in its pod's namespace: {l}"
+            );
+            assert_eq!(l["caller_process"], serde_json::Value::Null, "{l}");
+            assert_eq!(l["app_request_id"], *id, "{l}");
+            assert_eq!(l["cache"], cache, "{l}");
+            assert_eq!(l["token_sha256"], fingerprint.as_str(), "{l}");
+        }
+        assert!(
+            imds[0]["entra_client_request_id"].is_string(),
+            "{}",
+            imds[0]
+        );
+    }
+    // The refused request and the App Service one are pod A's too.
+    let a_lines = of(&a);
+    assert_eq!(a_lines.len(), 4, "{lines:#?}");
+    assert!(
+        a_lines
+            .iter()
+            .any(|l| l["status"] == 400 && l["error"] == "invalid_request"),
+        "{lines:#?}"
+    );
+    assert!(
+        a_lines
+            .iter()
+            .any(|l| l["flavor"] == "app-service-2019-08-01" && l["status"] == 200),
+        "{lines:#?}"
+    );
+    // No secret anywhere in the output: access tokens, federated tokens, the identity header.
+    let logs = agent.logs();
+    let federated = |pod: &PodNs| {
+        std::fs::read_to_string(h.node.token_dir(&pod.uid, "azure-identity").join("token"))
+            .expect("federated token")
+            .trim()
+            .to_string()
+    };
+    let msi_token = msi.json()["access_token"]
+        .as_str()
+        .unwrap_or("")
+        .to_string();
+    for (secret, what) in [
+        (token_a.clone(), "pod A's access token"),
+        (token_b.clone(), "pod B's access token"),
+        (msi_token, "the App Service access token"),
+        (federated(&a), "pod A's federated token"),
+        (federated(&b), "pod B's federated token"),
+        (APP_SERVICE_SECRET.to_string(), "the identity header"),
+    ] {
+        assert!(secret.len() > 10, "{what}");
+        assert!(!logs.contains(&secret), "{what} reached the logs");
+    }
+
+    // The metrics page: each pod's identity, with its own resource label.
+    let page = metrics_page(port);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs_f64();
+    for (client, resource, name) in [(CLIENT_A, VAULT, "app-a"), (CLIENT_B, "*", "app-b")] {
+        let labels = format!(
+            r#"{{client_id="{client}",resource="{resource}",pod_namespace="apps",pod_name="{name}"}}"#
+        );
+        let expiry = metric(
+            &page,
+            &format!("identity_sidecar_token_expiry_timestamp_seconds{labels}"),
+        );
+        let refreshed = metric(
+            &page,
+            &format!("identity_sidecar_token_last_refresh_timestamp_seconds{labels}"),
+        );
+        assert!(expiry.is_some_and(|e| e > now), "{labels}: {page}");
+        assert!(
+            refreshed.is_some_and(|r| r <= now + 5.0 && r > now - 600.0),
+            "{labels}: {page}"
+        );
+        let refreshes = format!(
+            r#"identity_sidecar_token_refreshes_total{{client_id="{client}",resource="{resource}",result="success",pod_namespace="apps",pod_name="{name}"}}"#
+        );
+        assert_eq!(metric(&page, &refreshes), Some(1.0), "{refreshes}: {page}");
+        let fed = format!(
+            r#"identity_sidecar_federated_token_expiry_timestamp_seconds{{pod_namespace="apps",pod_name="{name}"}}"#
+        );
+        assert!(
+            metric(&page, &fed).is_some_and(|e| e > now),
+            "{fed}: {page}"
+        );
+    }
+    assert_eq!(
+        metric(&page, "identity_sidecar_node_served_pods"),
+        Some(2.0),
+        "{page}"
+    );
+    assert_eq!(
+        metric(
+            &page,
+            r#"identity_sidecar_node_listener_binds_total{reason="new"}"#
+        ),
+        Some(2.0),
+        "{page}"
+    );
+    assert_eq!(
+        metric(
+            &page,
+            r#"identity_sidecar_node_unserved_pods{reason="identity"}"#
+        ),
+        Some(1.0),
+        "{page}"
+    );
+    assert_eq!(
+        metric(
+            &page,
+            r#"identity_sidecar_node_listener_failures_total{reason="identity"}"#
+        ),
+        Some(1.0),
+        "{page}"
+    );
+
+    // Every series docs/operations.md lists for the node agent is there, with exactly its labels.
+    for (name, labels) in documented_node_series() {
+        let found: Vec<std::collections::BTreeSet<String>> = page
+            .lines()
+            .filter_map(|l| {
+                let rest = l.strip_prefix(name.as_str())?;
+                if let Some(inner) = rest.strip_prefix('{') {
+                    let inner = &inner[..inner.rfind('}')?];
+                    Some(
+                        inner
+                            .split("\",")
+                            .filter_map(|kv| kv.split_once('=').map(|(k, _)| k.to_string()))
+                            .collect(),
+                    )
+                } else {
+                    rest.starts_with(' ').then(Default::default)
+                }
+            })
+            .collect();
+        assert!(!found.is_empty(), "{name} is not on the page:\n{page}");
+        for f in found {
+            assert_eq!(f, labels, "{name}'s labels");
+        }
+    }
+
+    // Pod B stops being served: its gauges leave the page, its counter stays.
+    b_spec.labelled = false;
+    h.kube.put_pod(b_spec.object());
+    wait_for("pod B's listener closed", Duration::from_secs(5), || {
+        !b.has_imds_listener()
+    });
+    wait_for("pod B gone from the page", Duration::from_secs(5), || {
+        metric(&metrics_page(port), "identity_sidecar_node_served_pods") == Some(1.0)
+    });
+    let page = metrics_page(port);
+    assert_eq!(
+        metric(&page, "identity_sidecar_node_served_pods"),
+        Some(1.0),
+        "{page}"
+    );
+    for line in page.lines().filter(|l| l.contains(r#"pod_name="app-b""#)) {
+        assert!(
+            line.starts_with("identity_sidecar_token_refreshes_total{"),
+            "a gauge of pod B is still there: {line}"
+        );
+    }
+    assert!(page.contains(r#"pod_name="app-a"}"#), "{page}");
+}
+
+/// The series and label names of docs/operations.md's node-agent table.
+fn documented_node_series() -> Vec<(String, std::collections::BTreeSet<String>)> {
+    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/operations.md"))
+        .expect("docs/operations.md");
+    let start = doc
+        .find("\n### The node agent")
+        .expect("a node agent section");
+    let section = &doc[start + 1..];
+    let section = &section[..section[1..].find("\n#").map_or(section.len(), |i| i + 1)];
+    let rows: Vec<(String, std::collections::BTreeSet<String>)> = section
+        .lines()
+        .filter(|l| l.starts_with("| `identity_sidecar"))
+        .map(|row| {
+            let cells: Vec<&str> = row.split('|').map(str::trim).collect();
+            // Label names: the backquoted words outside parentheses (which list values).
+            let mut labels = std::collections::BTreeSet::new();
+            let mut depth = 0usize;
+            for (i, part) in cells[3].split('`').enumerate() {
+                if i % 2 == 1 && depth == 0 {
+                    labels.insert(part.to_string());
+                } else if i % 2 == 0 {
+                    depth += part.matches('(').count();
+                    depth -= part.matches(')').count().min(depth);
+                }
+            }
+            (cells[1].trim_matches('`').to_string(), labels)
+        })
+        .collect();
+    assert!(rows.len() >= 10, "the node agent's table: {rows:?}");
+    rows
 }

@@ -33,6 +33,7 @@ const DEFAULT_CLIENT: &str = "22222222-2222-2222-2222-222222222222";
 const SIDECAR: &str = "identity-sidecar";
 const INIT: &str = "identity-sidecar-init";
 const TOKEN_VOLUME: &str = "identity-sidecar-token";
+const ADMIN_PORT_NAME: &str = "identity-admin";
 const APP_ENV: [&str; 5] = [
     "IDENTITY_ENDPOINT",
     "IDENTITY_HEADER",
@@ -217,12 +218,33 @@ fn check_rules(name: &str, orig: &Value, pod: &Value) {
             "{name}"
         );
     }
-    for probe in ["startupProbe", "readinessProbe", "livenessProbe"] {
-        assert!(
-            sidecar[probe]["exec"]["command"].is_array(),
+    // httpGet probes on the named admin port, which the sidecar declares and listens on.
+    for (probe, path) in [
+        ("startupProbe", "/readyz"),
+        ("readinessProbe", "/readyz"),
+        ("livenessProbe", "/healthz"),
+    ] {
+        assert_eq!(
+            sidecar[probe]["httpGet"],
+            json!({"path": path, "port": ADMIN_PORT_NAME}),
             "{name}: {probe}"
         );
     }
+    let admin = sidecar["ports"]
+        .as_array()
+        .and_then(|ps| ps.iter().find(|p| p["name"] == ADMIN_PORT_NAME))
+        .and_then(|p| p["containerPort"].as_u64())
+        .expect("the admin port is declared");
+    assert_eq!(
+        env_value(sidecar, "IDENTITY_SIDECAR_ADMIN_LISTEN").expect("admin listen")["value"],
+        format!("0.0.0.0:{admin}"),
+        "{name}"
+    );
+    assert_eq!(
+        env_value(sidecar, "IDENTITY_SIDECAR_AUDIT_LOG").expect("audit log")["value"],
+        "true",
+        "{name}"
+    );
     for k in ["requests", "limits"] {
         for r in ["cpu", "memory"] {
             assert!(sidecar["resources"][k][r].is_string(), "{name}: {k}.{r}");
@@ -541,12 +563,96 @@ async fn refusals_say_what_to_change() {
         ("identity-sidecar.io/client-id", "not-a-guid"),
         ("identity-sidecar.io/cpu-limit", "lots"),
         ("identity-sidecar.io/port", "0"),
+        ("identity-sidecar.io/admin-port", "99999"),
     ] {
         let mut p = base.clone();
         p["metadata"]["annotations"] = json!({ k: v });
         let msg = refused(&wh.review(&p, NS).await);
         assert!(msg.contains(k), "{msg}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_port_is_named_probed_movable_and_never_taken_from_the_app() {
+    let (_kube, wh) = setup(&[]).await;
+    let base: Value = serde_json::from_str(
+        &std::fs::read_to_string(format!(
+            "{REPO}/tests/webhook/corpus/deployment-generate-name.json"
+        ))
+        .expect("read"),
+    )
+    .expect("json");
+    let sidecar_of = |pod: &Value| {
+        all_containers(pod)
+            .into_iter()
+            .find(|c| c["name"] == SIDECAR)
+            .expect("sidecar")
+    };
+    let admin_of = |pod: &Value| {
+        let s = sidecar_of(pod);
+        (
+            s["ports"].clone(),
+            env_value(&s, "IDENTITY_SIDECAR_ADMIN_LISTEN").expect("listen")["value"].clone(),
+        )
+    };
+
+    // The default: 8491, named identity-admin.
+    let (m, _) = wh.mutate(&base, NS).await;
+    assert_eq!(
+        admin_of(&m),
+        (
+            json!([{"name": ADMIN_PORT_NAME, "containerPort": 8491, "protocol": "TCP"}]),
+            json!("0.0.0.0:8491")
+        )
+    );
+    assert_eq!(
+        sidecar_of(&m)["livenessProbe"]["httpGet"]["port"],
+        ADMIN_PORT_NAME
+    );
+
+    // An app that already uses 8491 is refused, naming its container and the way out.
+    let mut p = base.clone();
+    p["spec"]["containers"][0]["ports"] = json!([{"name": "web", "containerPort": 8491}]);
+    let app = p["spec"]["containers"][0]["name"]
+        .as_str()
+        .expect("name")
+        .to_string();
+    let resp = wh.review(&p, NS).await;
+    assert_eq!(resp["allowed"], false, "{resp}");
+    let msg = resp["status"]["message"].as_str().expect("message");
+    assert!(
+        msg.contains(&format!("container {app:?}"))
+            && msg.contains("8491")
+            && msg.contains(ADMIN_PORT_NAME)
+            && msg.contains("identity-sidecar.io/admin-port"),
+        "{msg}"
+    );
+
+    // ... and admitted with the port the annotation chooses, probes following the name.
+    p["metadata"]["annotations"] = json!({"identity-sidecar.io/admin-port": "9555"});
+    let (m, _) = wh.mutate(&p, NS).await;
+    assert_eq!(
+        admin_of(&m),
+        (
+            json!([{"name": ADMIN_PORT_NAME, "containerPort": 9555, "protocol": "TCP"}]),
+            json!("0.0.0.0:9555")
+        )
+    );
+    assert_eq!(
+        sidecar_of(&m)["readinessProbe"]["httpGet"]["port"],
+        ADMIN_PORT_NAME
+    );
+
+    // The admin port cannot be the token port.
+    let mut p = base.clone();
+    p["metadata"]["annotations"] = json!({
+        "identity-sidecar.io/admin-port": "8123",
+        "identity-sidecar.io/port": "8123",
+    });
+    let resp = wh.review(&p, NS).await;
+    assert_eq!(resp["allowed"], false, "{resp}");
+    let msg = resp["status"]["message"].as_str().expect("message");
+    assert!(msg.contains("8123") && msg.contains("must differ"), "{msg}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

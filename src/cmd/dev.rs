@@ -31,6 +31,15 @@ pub struct DevArgs {
     )]
     pub listen: Vec<Option<SocketAddr>>,
 
+    /// Admin listener (only /metrics, /healthz, /readyz), as `serve --admin-listen`.
+    /// [default: none]
+    #[arg(long, value_name = "ADDR", value_parser = Checked(flags::socket_addr))]
+    pub admin_listen: Option<SocketAddr>,
+
+    /// One JSON audit line per token request, as `serve --audit-log`.
+    #[arg(long)]
+    pub audit_log: bool,
+
     /// Secret for the App Service endpoints. [default: random]
     #[arg(long, value_name = "SECRET", value_parser = Checked(flags::identity_header))]
     pub identity_header: Option<Secret>,
@@ -102,6 +111,8 @@ async fn chain(args: DevArgs, started: Instant) -> ExitCode {
         token_file: Some(writer.token_path()),
         authority_host: flags::authority(mock.authority_url()).ok(),
         listen: args.listen.clone(),
+        admin_listen: args.admin_listen,
+        audit_log: args.audit_log,
         identity_header: Some(header.clone()),
         ..ServeArgs::default()
     };
@@ -120,6 +131,9 @@ async fn chain(args: DevArgs, started: Instant) -> ExitCode {
     let ca = mock.ca_pem_path().map(|p| p.display().to_string());
     let env = app_env(running.local_addrs(), header.expose(), ca);
     print_banner(&mock, &writer.token_path(), &args, &env, started);
+    if let Some(admin) = running.admin_addr() {
+        println!("# admin (metrics, health): http://{admin}/metrics");
+    }
     if let Some(path) = &args.env_file {
         let text: String = env.app.iter().map(|(k, v)| format!("{k}={v}\n")).collect();
         if let Err(e) = write_private(path, &text) {

@@ -5,6 +5,7 @@
 //! ([`super::serve::ServeArgs::validate`]).
 use std::ffi::OsStr;
 use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
 
 use clap::builder::TypedValueParser;
 use clap::error::ErrorKind;
@@ -12,6 +13,32 @@ use reqwest::Url;
 
 use crate::config::ResourceRule;
 use crate::core::secret::Secret;
+use crate::duration;
+
+/// The Entra ID leg's time limits: the same flags for `serve` (and `doctor`) and the node agent.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct EntraLimits {
+    /// Time limit of one call to Entra ID (connect included). [default: 10s]
+    #[arg(long, env = "IDENTITY_SIDECAR_ENTRA_TIMEOUT", value_name = "DURATION", value_parser = Checked(duration::parse_positive))]
+    pub entra_timeout: Option<Duration>,
+
+    /// Total time a token request may spend on Entra ID, retries included; after it the caller
+    /// gets 503 with Retry-After. [default: 20s]
+    #[arg(long, env = "IDENTITY_SIDECAR_ENTRA_BUDGET", value_name = "DURATION", value_parser = Checked(duration::parse_positive))]
+    pub entra_budget: Option<Duration>,
+}
+
+impl EntraLimits {
+    /// (timeout, budget) with their defaults. The error, about `--entra-budget`, says why.
+    pub fn resolve(&self) -> Result<(Duration, Duration), &'static str> {
+        let timeout = self.entra_timeout.unwrap_or(Duration::from_secs(10));
+        let budget = self.entra_budget.unwrap_or(Duration::from_secs(20));
+        if budget < timeout {
+            return Err("must be at least --entra-timeout (one whole call must fit)");
+        }
+        Ok((timeout, budget))
+    }
+}
 
 /// A clap value parser made of a plain function; see the module documentation.
 pub struct Checked<T>(pub fn(&str) -> Result<T, String>);

@@ -37,7 +37,8 @@ pub enum Command {
     Serve(serve::ServeArgs),
     /// Send TCP to 169.254.169.254:80 to the sidecar (run by an init container with NET_ADMIN).
     InitNetwork(init_network::InitNetworkArgs),
-    /// Exit 0 when the sidecar's /readyz (or another path) answers 200: for exec probes.
+    /// Exit 0 when the sidecar's /readyz (or another path) answers 200: for exec probes and the
+    /// legacy sidecar's start-up wait.
     Probe(probe::ProbeArgs),
     /// Fetch a token from a running sidecar (a curl for pods that have none).
     Token(token::TokenArgs),

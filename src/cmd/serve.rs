@@ -95,6 +95,18 @@ pub struct ServeArgs {
     )]
     pub listen: Vec<Option<SocketAddr>>,
 
+    /// Admin listener: serves only /metrics, /healthz and /readyz, never a token, so it can bind
+    /// the pod IP for Prometheus and the kubelet's httpGet probes (the manifests use
+    /// 0.0.0.0:8491). [default: none]
+    #[arg(long, env = "IDENTITY_SIDECAR_ADMIN_LISTEN", value_name = "ADDR", value_parser = Checked(flags::socket_addr))]
+    pub admin_listen: Option<SocketAddr>,
+
+    /// Write one JSON audit line per token request (time, flavor, identity, resource, outcome,
+    /// cache, Entra call ids, token fingerprint, caller uid), with `"log":"audit"` and target
+    /// `identity_sidecar::audit` so a log pipeline can route it (docs/operations.md#audit-log).
+    #[arg(long, env = "IDENTITY_SIDECAR_AUDIT_LOG")]
+    pub audit_log: bool,
+
     /// Secret that App Service clients must send (`X-IDENTITY-HEADER`, or `secret` for
     /// 2017-09-01). Unset: the App Service endpoints refuse every request.
     #[arg(
@@ -158,14 +170,8 @@ pub struct ServeArgs {
     )]
     pub imds_address: Option<SocketAddr>,
 
-    /// Time limit of one call to Entra ID (connect included). [default: 10s]
-    #[arg(long, env = "IDENTITY_SIDECAR_ENTRA_TIMEOUT", value_name = "DURATION", value_parser = Checked(duration::parse_positive))]
-    pub entra_timeout: Option<Duration>,
-
-    /// Total time a token request may spend on Entra ID, retries included; after it the caller
-    /// gets 503 with Retry-After. [default: 20s]
-    #[arg(long, env = "IDENTITY_SIDECAR_ENTRA_BUDGET", value_name = "DURATION", value_parser = Checked(duration::parse_positive))]
-    pub entra_budget: Option<Duration>,
+    #[command(flatten)]
+    pub entra: flags::EntraLimits,
 
     /// Most (client id, scope) pairs kept in the token cache. [default: 1024]
     #[arg(long, env = "IDENTITY_SIDECAR_MAX_CACHED_TOKENS", value_name = "N", value_parser = Checked(flags::positive_count))]
@@ -271,15 +277,10 @@ impl ServeArgs {
             }
         }
 
-        let entra_timeout = self.entra_timeout.unwrap_or(Duration::from_secs(10));
-        let entra_budget = self.entra_budget.unwrap_or(Duration::from_secs(20));
-        if entra_budget < entra_timeout {
-            return Err(err(
-                "--entra-budget",
-                "IDENTITY_SIDECAR_ENTRA_BUDGET",
-                "must be at least --entra-timeout (one whole call must fit)",
-            ));
-        }
+        let (entra_timeout, entra_budget) = self
+            .entra
+            .resolve()
+            .map_err(|m| err("--entra-budget", "IDENTITY_SIDECAR_ENTRA_BUDGET", m))?;
 
         Ok(ServeConfig {
             client_id,
@@ -287,6 +288,8 @@ impl ServeArgs {
             token_file,
             authority,
             listen,
+            admin_listen: self.admin_listen,
+            audit_log: self.audit_log,
             policy: Policy {
                 allowed_client_ids,
                 allowed_resources: self.allowed_resources.iter().flatten().cloned().collect(),
@@ -374,7 +377,7 @@ impl ServeArgs {
 /// and what in-process tests start. Needs a Tokio runtime.
 pub async fn start(cfg: &ServeConfig) -> Result<server::Running, String> {
     let service = Service::build(cfg)?;
-    server::start(&cfg.listen, cfg.shutdown_grace, service)
+    server::start(&cfg.listen, cfg.admin_listen, cfg.shutdown_grace, service)
         .await
         .map_err(|e| e.to_string())
 }
@@ -403,7 +406,7 @@ pub fn run(args: ServeArgs) -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
-        log_startup(&cfg, running.local_addrs());
+        log_startup(&cfg, running.local_addrs(), running.admin_addr());
         release_startup_memory();
         wait_for_signal().await;
         tracing::info!("shutting down: no new connections, finishing requests in flight");
@@ -435,7 +438,11 @@ pub fn runtime(workers: usize) -> std::io::Result<tokio::runtime::Runtime> {
         .build()
 }
 
-fn log_startup(cfg: &ServeConfig, addrs: &[std::net::SocketAddr]) {
+fn log_startup(
+    cfg: &ServeConfig,
+    addrs: &[std::net::SocketAddr],
+    admin: Option<std::net::SocketAddr>,
+) {
     let listen: Vec<String> = addrs.iter().map(ToString::to_string).collect();
     let base = addrs
         .iter()
@@ -447,6 +454,8 @@ fn log_startup(cfg: &ServeConfig, addrs: &[std::net::SocketAddr]) {
         commit = crate::build_info::COMMIT,
         built = crate::build_info::BUILD_DATE,
         listen = %listen.join(","),
+        admin_listen = %admin.map_or_else(|| "none".to_string(), |a| a.to_string()),
+        audit_log = cfg.audit_log,
         client_id = %cfg.client_id,
         tenant_id = %cfg.tenant_id,
         authority = %cfg.authority,
@@ -570,8 +579,10 @@ mod tests {
     #[test]
     fn the_budget_must_fit_one_call() {
         let e = ServeArgs {
-            entra_timeout: Some(Duration::from_secs(5)),
-            entra_budget: Some(Duration::from_secs(1)),
+            entra: flags::EntraLimits {
+                entra_timeout: Some(Duration::from_secs(5)),
+                entra_budget: Some(Duration::from_secs(1)),
+            },
             ..args()
         }
         .validate()

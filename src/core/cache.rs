@@ -22,11 +22,11 @@ use futures_util::FutureExt as _;
 use futures_util::future::{BoxFuture, Shared};
 use tokio::time::Instant;
 
-use super::TokenError;
 use super::backoff::Backoff;
-use super::entra::IssuedToken;
+use super::entra::{EntraCall, IssuedToken};
 use super::federated::now_epoch;
 use super::secret::Secret;
+use super::{Lookup, Served, TokenError};
 use crate::telemetry::metrics::{Metrics, RefreshOutcome};
 
 /// Longest wait between two scans of the cache by the refresher.
@@ -45,6 +45,8 @@ pub struct CachedToken {
     /// The token as a JSON string literal (quoted, escaped), made once so that answers do not
     /// escape a kilobyte per request.
     pub access_token_json: Secret,
+    /// The first 16 hex digits of the token's SHA-256, for the audit log; not a secret.
+    pub fingerprint: Box<str>,
     /// Expiry, seconds since the epoch.
     pub expires_on: u64,
     pub ext_expires_on: u64,
@@ -71,6 +73,7 @@ impl CachedToken {
         let access_token_json =
             Secret::new(serde_json::to_string(t.access_token.expose()).unwrap_or_default());
         CachedToken {
+            fingerprint: crate::telemetry::audit::fingerprint(t.access_token.expose()).into(),
             access_token_json,
             expires_on: epoch + t.expires_in,
             ext_expires_on: epoch + t.ext_expires_in.unwrap_or(t.expires_in).max(t.expires_in),
@@ -91,23 +94,16 @@ impl CachedToken {
     }
 }
 
+/// A fetch's result, with the Entra ID exchange it made when it got that far (for the audit log).
+pub type Fetched = (Result<IssuedToken, TokenError>, Option<Arc<EntraCall>>);
+
 /// Where tokens come from: the Entra ID exchange in production, a stub in tests.
 pub trait Fetch: Send + Sync + 'static {
-    fn fetch(
-        &self,
-        client_id: Arc<str>,
-        scope: Arc<str>,
-    ) -> BoxFuture<'static, Result<IssuedToken, TokenError>>;
+    fn fetch(&self, client_id: Arc<str>, scope: Arc<str>) -> BoxFuture<'static, Fetched>;
 }
 
-/// Whether a lookup was answered from the cache.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Lookup {
-    Hit,
-    Miss,
-}
-
-type Flight = Shared<BoxFuture<'static, Result<Arc<CachedToken>, TokenError>>>;
+type FlightResult = (Result<Arc<CachedToken>, TokenError>, Option<Arc<EntraCall>>);
+type Flight = Shared<BoxFuture<'static, FlightResult>>;
 
 struct Entry {
     client_id: Arc<str>,
@@ -210,44 +206,89 @@ impl TokenCache {
         client_id: &str,
         scope: &str,
     ) -> Result<(Arc<CachedToken>, Lookup), TokenError> {
+        let served = self.get_traced(client_id, scope).await;
+        served.result.map(|t| (t, served.lookup))
+    }
+
+    /// [`TokenCache::get`], with how the cache answered and the Entra ID exchange waited for.
+    pub async fn get_traced(&self, client_id: &str, scope: &str) -> Served {
         let entry = self.inner.entry(client_id, scope);
         let now = Instant::now();
         entry
             .last_used
             .store(self.inner.nanos(now), Ordering::Relaxed);
+        let hit = |t: Arc<CachedToken>| Served {
+            result: Ok(t),
+            lookup: Lookup::Hit,
+            call: None,
+        };
         if let Some(t) = entry.token.load().as_ref()
             && now < t.usable_until
         {
             self.inner.metrics.cache(true);
-            return Ok((Arc::clone(t), Lookup::Hit));
+            return hit(Arc::clone(t));
         }
-        let flight = {
+        let (flight, lookup) = {
             let mut st = lock(&entry.state);
             // A flight may have finished between the read above and this lock.
-            if let Some(t) = entry.token.load_full()
+            let held = entry.token.load_full();
+            if let Some(t) = &held
                 && now < t.usable_until
             {
                 self.inner.metrics.cache(true);
-                return Ok((t, Lookup::Hit));
+                return hit(Arc::clone(t));
             }
+            let lookup = if held.is_some() {
+                Lookup::Refresh
+            } else {
+                Lookup::Miss
+            };
             if let Some((until, e)) = &st.blocked {
                 if now < *until {
                     self.inner.metrics.cache(false);
-                    return Err(e.with_retry_after(*until - now));
+                    return Served {
+                        result: Err(e.with_retry_after(*until - now)),
+                        lookup,
+                        call: None,
+                    };
                 }
                 st.blocked = None;
             }
-            match &st.flight {
+            let f = match &st.flight {
                 Some(f) => f.clone(),
                 None => {
                     let f = self.inner.start_flight(&entry, false);
                     st.flight = Some(f.clone());
                     f
                 }
-            }
+            };
+            (f, lookup)
         };
         self.inner.metrics.cache(false);
-        flight.await.map(|t| (t, Lookup::Miss))
+        let (result, call) = flight.await;
+        Served {
+            result,
+            lookup,
+            call,
+        }
+    }
+
+    /// Every key in use (asked for within its token's lifetime, so the refresher keeps it
+    /// fresh) with its token, for the metrics a scrape computes. A key nobody asks for is left
+    /// out: its token is let run down on purpose, which is no reason to alert.
+    pub fn tokens(&self) -> Vec<(Arc<str>, Arc<str>, Arc<CachedToken>)> {
+        let now = Instant::now();
+        self.inner
+            .read_map()
+            .values()
+            .flat_map(|m| m.values())
+            .filter_map(|e| {
+                let t = e.token.load_full()?;
+                let last_used = self.inner.instant(e.last_used.load(Ordering::Relaxed));
+                (now.saturating_duration_since(last_used) < t.lifetime)
+                    .then(|| (Arc::clone(&e.client_id), Arc::clone(&e.scope), t))
+            })
+            .collect()
     }
 }
 
@@ -307,14 +348,17 @@ impl Inner {
         let inner = Arc::clone(self);
         let entry = Arc::clone(entry);
         let task = tokio::spawn(async move {
-            let result = inner
+            let (result, call) = inner
                 .fetcher
                 .fetch(Arc::clone(&entry.client_id), Arc::clone(&entry.scope))
                 .await;
             let now = Instant::now();
+            inner
+                .metrics
+                .token_fetch(&entry.client_id, &entry.scope, result.is_ok());
             let mut st = lock(&entry.state);
             st.flight = None;
-            match result {
+            let result = match result {
                 Ok(issued) => {
                     let token = Arc::new(CachedToken::new(issued));
                     tracing::info!(
@@ -379,14 +423,18 @@ impl Inner {
                     }
                     Err(e)
                 }
-            }
+            };
+            (result, call)
         });
         async move {
             match task.await {
                 Ok(r) => r,
-                Err(e) => Err(TokenError::Internal(format!(
-                    "token fetch task failed: {e}"
-                ))),
+                Err(e) => (
+                    Err(TokenError::Internal(format!(
+                        "token fetch task failed: {e}"
+                    ))),
+                    None,
+                ),
             }
         }
         .boxed()
@@ -507,25 +555,22 @@ mod tests {
     }
 
     impl Fetch for Stub {
-        fn fetch(
-            &self,
-            _c: Arc<str>,
-            _s: Arc<str>,
-        ) -> BoxFuture<'static, Result<IssuedToken, TokenError>> {
+        fn fetch(&self, _c: Arc<str>, _s: Arc<str>) -> BoxFuture<'static, Fetched> {
             let n = self.calls.fetch_add(1, Ordering::SeqCst) + 1;
             let (lifetime, delay, fail) =
                 (self.lifetime, self.delay, self.fail.load(Ordering::SeqCst));
             async move {
                 tokio::time::sleep(delay).await;
                 if fail {
-                    return Err(TokenError::Internal("down".into()));
+                    return (Err(TokenError::Internal("down".into())), None);
                 }
-                Ok(IssuedToken {
+                let issued = IssuedToken {
                     access_token: Secret::new(format!("token-{n}")),
                     expires_in: lifetime,
                     ext_expires_in: None,
                     refresh_in: None,
-                })
+                };
+                (Ok(issued), None)
             }
             .boxed()
         }
@@ -608,6 +653,19 @@ mod tests {
         let (second, how) = cache.get("a", "s").await.expect("token");
         assert_eq!(how, Lookup::Hit);
         assert_ne!(token_text(&first), token_text(&second));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn only_keys_in_use_are_listed_for_the_metrics() {
+        let s = stub(10, 0);
+        let cache = TokenCache::new(s.clone(), 16, Arc::new(Metrics::new()));
+        cache.get("a", "s").await.expect("token");
+        assert_eq!(cache.tokens().len(), 1);
+        // The refresher renews it once at half-life; a lifetime after the last request the key
+        // is idle: still cached, no longer listed.
+        tokio::time::sleep(Duration::from_millis(10_500)).await;
+        assert!(!cache.is_empty());
+        assert!(cache.tokens().is_empty());
     }
 
     #[tokio::test(start_paused = true)]

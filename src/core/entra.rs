@@ -42,6 +42,17 @@ pub struct IssuedToken {
     pub refresh_in: Option<u64>,
 }
 
+/// One exchange with Entra ID, as the audit log records it: the `client-request-id` the sidecar
+/// sent (the sign-in log's correlation id), the `x-ms-request-id` Entra answered with (its
+/// request id), the time taken, retries included, and the number of attempts.
+#[derive(Debug, Clone, Default)]
+pub struct EntraCall {
+    pub client_request_id: String,
+    pub entra_request_id: Option<String>,
+    pub latency: Duration,
+    pub attempts: u32,
+}
+
 /// Why no token was issued.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum EntraError {
@@ -148,12 +159,43 @@ impl EntraClient {
         scope: &str,
         assertion: &Secret,
     ) -> Result<IssuedToken, EntraError> {
+        self.exchange_traced(client_id, scope, assertion).await.0
+    }
+
+    /// [`EntraClient::exchange`], with the ids and time of the call. Every attempt sends the
+    /// same `client-request-id`, as MSAL does within one token request.
+    pub async fn exchange_traced(
+        &self,
+        client_id: &str,
+        scope: &str,
+        assertion: &Secret,
+    ) -> (Result<IssuedToken, EntraError>, EntraCall) {
+        let mut call = EntraCall {
+            client_request_id: uuid::Uuid::new_v4().to_string(),
+            ..EntraCall::default()
+        };
+        let began = Instant::now();
+        let result = self
+            .exchange_with(client_id, scope, assertion, &mut call)
+            .await;
+        call.latency = began.elapsed();
+        (result, call)
+    }
+
+    async fn exchange_with(
+        &self,
+        client_id: &str,
+        scope: &str,
+        assertion: &Secret,
+        call: &mut EntraCall,
+    ) -> Result<IssuedToken, EntraError> {
         let deadline = Instant::now() + self.budget;
         let mut attempt = 0u32;
         loop {
             attempt += 1;
+            call.attempts = attempt;
             let started = Instant::now();
-            let result = self.attempt(client_id, scope, assertion).await;
+            let result = self.attempt(client_id, scope, assertion, call).await;
             self.metrics
                 .entra_latency
                 .observe(started.elapsed().as_secs_f64());
@@ -210,6 +252,7 @@ impl EntraClient {
         client_id: &str,
         scope: &str,
         assertion: &Secret,
+        call: &mut EntraCall,
     ) -> Result<IssuedToken, Attempt> {
         // Exactly the fields the SDKs send (docs/protocols.md#entra-request), in their order.
         let form = [
@@ -229,6 +272,9 @@ impl EntraClient {
                 }
             }
         };
+        let request = request
+            .header("client-request-id", &call.client_request_id)
+            .header("return-client-request-id", "true");
         let resp = match request.form(&form).send().await {
             Ok(r) => r,
             Err(e) => {
@@ -265,6 +311,13 @@ impl EntraClient {
             }
         };
         let status = resp.status();
+        if let Some(id) = resp
+            .headers()
+            .get("x-ms-request-id")
+            .and_then(|v| v.to_str().ok())
+        {
+            call.entra_request_id = Some(id.chars().take(64).collect());
+        }
         let retry_after = resp
             .headers()
             .get(reqwest::header::RETRY_AFTER)

@@ -36,6 +36,8 @@ pub struct Claims {
     pub aud: Vec<String>,
     /// Expiry, seconds since the epoch.
     pub exp: u64,
+    /// Issue time (`iat`), seconds since the epoch, when present.
+    pub iat: Option<u64>,
 }
 
 /// A federated token as read from the file.
@@ -295,6 +297,8 @@ struct RawClaims {
     aud: Option<Audience>,
     #[serde(default)]
     exp: Option<serde_json::Number>,
+    #[serde(default)]
+    iat: Option<serde_json::Number>,
 }
 
 #[derive(Deserialize)]
@@ -311,13 +315,11 @@ pub fn decode_claims(token: &str) -> Result<Claims, String> {
         return Err("contains whitespace inside the token".into());
     }
     let raw: RawClaims = jwt::decode_part(parts.payload, "payload")?;
-    let exp = raw
-        .exp
-        .and_then(|n| {
-            n.as_u64()
-                .or_else(|| n.as_f64().filter(|f| *f >= 0.0).map(|f| f as u64))
-        })
-        .ok_or("no numeric `exp` claim")?;
+    let seconds = |n: serde_json::Number| {
+        n.as_u64()
+            .or_else(|| n.as_f64().filter(|f| *f >= 0.0).map(|f| f as u64))
+    };
+    let exp = raw.exp.and_then(seconds).ok_or("no numeric `exp` claim")?;
     Ok(Claims {
         iss: raw.iss.unwrap_or_default(),
         sub: raw.sub.unwrap_or_default(),
@@ -327,6 +329,7 @@ pub fn decode_claims(token: &str) -> Result<Claims, String> {
             Some(Audience::Many(v)) => v,
         },
         exp,
+        iat: raw.iat.and_then(seconds),
     })
 }
 

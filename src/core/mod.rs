@@ -26,8 +26,9 @@ use futures_util::FutureExt as _;
 use futures_util::future::BoxFuture;
 
 use crate::telemetry::metrics::Metrics;
-use cache::{CachedToken, Fetch, Lookup, TokenCache};
-use entra::{EntraClient, EntraError, IssuedToken};
+use cache::{CachedToken, Fetch, Fetched, TokenCache};
+use entra::EntraCall;
+use entra::{EntraClient, EntraError};
 use federated::{SourceError, TokenSource};
 
 /// Why a token could not be served.
@@ -65,6 +66,34 @@ impl TokenError {
     }
 }
 
+/// Whether a lookup was answered from the cache.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lookup {
+    Hit,
+    /// No token for the key yet: the request waited for Entra ID.
+    Miss,
+    /// The key's token was no longer usable: the request waited for its renewal.
+    Refresh,
+}
+
+impl Lookup {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Lookup::Hit => "hit",
+            Lookup::Miss => "miss",
+            Lookup::Refresh => "refresh",
+        }
+    }
+}
+
+/// The answer to one lookup: the token or why not, how the cache answered, and the Entra ID
+/// exchange the request waited for, when it waited for one.
+pub struct Served {
+    pub result: Result<Arc<CachedToken>, TokenError>,
+    pub lookup: Lookup,
+    pub call: Option<Arc<EntraCall>>,
+}
+
 /// Fetches tokens from Entra ID with the current federated token.
 struct Exchanger {
     source: Arc<TokenSource>,
@@ -72,16 +101,18 @@ struct Exchanger {
 }
 
 impl Fetch for Exchanger {
-    fn fetch(
-        &self,
-        client_id: Arc<str>,
-        scope: Arc<str>,
-    ) -> BoxFuture<'static, Result<IssuedToken, TokenError>> {
+    fn fetch(&self, client_id: Arc<str>, scope: Arc<str>) -> BoxFuture<'static, Fetched> {
         let source = Arc::clone(&self.source);
         let entra = Arc::clone(&self.entra);
         async move {
-            let assertion = source.assertion().await?;
-            Ok(entra.exchange(&client_id, &scope, &assertion.token).await?)
+            let assertion = match source.assertion().await {
+                Ok(a) => a,
+                Err(e) => return (Err(e.into()), None),
+            };
+            let (result, call) = entra
+                .exchange_traced(&client_id, &scope, &assertion.token)
+                .await;
+            (result.map_err(TokenError::from), Some(Arc::new(call)))
         }
         .boxed()
     }
@@ -125,12 +156,9 @@ impl TokenService {
         }
     }
 
-    /// A token for `resource` (a v1 resource; the scope is derived from it).
-    pub async fn token(
-        &self,
-        client_id: &str,
-        resource: &str,
-    ) -> Result<(Arc<CachedToken>, Lookup), TokenError> {
+    /// A token for `resource` (a v1 resource; the scope is derived from it), with how the cache
+    /// answered and the Entra ID exchange the request waited for.
+    pub async fn token(&self, client_id: &str, resource: &str) -> Served {
         // The hit path builds the scope in a reused buffer; only a miss allocates it.
         let hit = SCOPE.with_borrow_mut(|scope| {
             scope.clear();
@@ -138,9 +166,20 @@ impl TokenService {
             self.cache.try_hit(client_id, scope)
         });
         if let Some(t) = hit {
-            return Ok((t, Lookup::Hit));
+            return Served {
+                result: Ok(t),
+                lookup: Lookup::Hit,
+                call: None,
+            };
         }
-        self.cache.get(client_id, &entra::scope_for(resource)).await
+        self.cache
+            .get_traced(client_id, &entra::scope_for(resource))
+            .await
+    }
+
+    /// Every cached token with its key (client id, scope).
+    pub fn cached_tokens(&self) -> Vec<(Arc<str>, Arc<str>, Arc<CachedToken>)> {
+        self.cache.tokens()
     }
 
     pub fn source(&self) -> &Arc<TokenSource> {

@@ -15,13 +15,14 @@
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use http::HeaderValue;
 use reqwest::Url;
 use tokio::sync::{Notify, watch};
 
+use super::metrics::{Bind, NodeMetrics, Unserved};
 use super::netns::{self, Found, NetnsId};
 use super::pod::{Identity, Pod, ServiceAccountInfo};
 use crate::core::backoff::Backoff;
@@ -30,7 +31,8 @@ use crate::core::entra::{EntraClient, Outbound};
 use crate::core::federated::TokenSource;
 use crate::kube::{self, KubeError, WatchEvent};
 use crate::service::{PodParts, Service};
-use crate::telemetry::metrics::Metrics;
+use crate::telemetry::audit::PodRef;
+use crate::telemetry::metrics::{Metrics, PodLabels, Scrape};
 use crate::telemetry::summary::Summary;
 
 /// How often the listeners are checked against the process scan without an API event.
@@ -55,6 +57,8 @@ pub struct AgentConfig {
     pub entra_budget: Duration,
     pub max_cached_tokens: usize,
     pub access_log: bool,
+    /// `--audit-log`: a JSON audit line per token request, naming the pod.
+    pub audit_log: bool,
     /// Where each pod's listener is bound inside the pod: 169.254.169.254:80.
     pub imds_addr: SocketAddrV4,
     pub egress: EgressProxy,
@@ -73,12 +77,14 @@ struct Known {
 pub struct Shared {
     known: Mutex<Known>,
     changed: Notify,
-    /// Pod UIDs with a listener, for `/readyz` and logs.
-    served: Mutex<Vec<String>>,
+    /// Pod UIDs with a listener and their request paths, for `/readyz` and `/metrics`.
+    served: Mutex<Vec<(String, Weak<Service>)>>,
     synced: watch::Sender<bool>,
     /// Request and Entra ID metrics of every pod, served on the agent's own health listener
     /// only (an in-pod listener answers `/metrics` with 404: one pod must not see the others').
     pub metrics: Arc<Metrics>,
+    /// The agent's own series (pods served, binds, unserved pods).
+    pub node_metrics: NodeMetrics,
 }
 
 impl Shared {
@@ -89,6 +95,7 @@ impl Shared {
             served: Mutex::new(Vec::new()),
             synced: watch::channel(false).0,
             metrics: Arc::new(Metrics::new()),
+            node_metrics: NodeMetrics::new(),
         })
     }
 
@@ -104,6 +111,22 @@ impl Shared {
     /// How many pods have a listener.
     pub fn served(&self) -> usize {
         self.served.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    /// `/metrics`: every series, with the per-identity and federated-token gauges of exactly the
+    /// pods served now.
+    pub fn render_metrics(&self) -> String {
+        let services: Vec<Arc<Service>> = self
+            .served
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .filter_map(|(_, s)| s.upgrade())
+            .collect();
+        let scrapes: Vec<Scrape> = services.iter().map(|s| s.scrape()).collect();
+        drop(services);
+        self.metrics
+            .render_scrapes(scrapes, Some(&self.node_metrics.registry))
     }
 }
 
@@ -253,6 +276,7 @@ async fn reflect(
 /// One pod's listener and what it was built from.
 struct Listener {
     pod: String,
+    service: Weak<Service>,
     netns: NetnsId,
     identity: Identity,
     token_file: PathBuf,
@@ -285,6 +309,8 @@ pub struct Agent {
     listeners: HashMap<String, Listener>,
     /// Last reason logged per pod UID, so a pod that stays unserved is logged once.
     refused: HashMap<String, String>,
+    /// Eligible pods without a listener in this pass, and why.
+    unserved: HashMap<String, Unserved>,
 }
 
 impl Agent {
@@ -297,6 +323,7 @@ impl Agent {
             entra: HashMap::new(),
             listeners: HashMap::new(),
             refused: HashMap::new(),
+            unserved: HashMap::new(),
         })
     }
 
@@ -329,9 +356,17 @@ impl Agent {
         }
     }
 
-    fn refuse(&mut self, uid: &str, pod: &str, why: String) {
+    /// Logs once (per reason) that pod `uid` is not served; `reason` when it is eligible, which
+    /// the metrics count.
+    fn refuse(&mut self, uid: &str, pod: &str, reason: Option<Unserved>, why: String) {
+        if let Some(r) = reason {
+            self.unserved.insert(uid.to_string(), r);
+        }
         if self.refused.get(uid) != Some(&why) {
             tracing::info!(pod, uid, "not served: {why}");
+            if let Some(r) = reason {
+                self.shared.node_metrics.failed(r);
+            }
             self.refused.insert(uid.to_string(), why);
         }
     }
@@ -340,7 +375,7 @@ impl Agent {
     pub async fn reconcile(&mut self) {
         let started = Instant::now();
         let mut wanted: Vec<Wanted> = Vec::new();
-        let mut unwanted: Vec<(String, String, String)> = Vec::new();
+        let mut unwanted: Vec<(String, String, Option<Unserved>, String)> = Vec::new();
         let known_uids: std::collections::HashSet<String>;
         {
             let known = self.shared.known();
@@ -355,7 +390,7 @@ impl Agent {
             for (uid, pod) in &known.pods {
                 if let Some(why) = pod.refusal(&self.cfg.node_name) {
                     if pod.opted_in {
-                        unwanted.push((uid.clone(), pod.display(), why.to_string()));
+                        unwanted.push((uid.clone(), pod.display(), None, why.to_string()));
                     }
                     continue;
                 }
@@ -369,14 +404,22 @@ impl Agent {
                             identity,
                             token_file,
                         }),
-                        None => unwanted.push((uid.clone(), pod.display(), "no token".into())),
+                        None => unwanted.push((
+                            uid.clone(),
+                            pod.display(),
+                            Some(Unserved::NoToken),
+                            "no token".into(),
+                        )),
                     },
-                    Err(e) => unwanted.push((uid.clone(), pod.display(), e)),
+                    Err(e) => {
+                        unwanted.push((uid.clone(), pod.display(), Some(Unserved::Identity), e))
+                    }
                 }
             }
         }
-        for (uid, pod, why) in unwanted {
-            self.refuse(&uid, &pod, why);
+        self.unserved.clear();
+        for (uid, pod, reason, why) in unwanted {
+            self.refuse(&uid, &pod, reason, why);
         }
         // Listeners of pods no longer wanted close first.
         let keep: std::collections::HashSet<&str> =
@@ -404,12 +447,12 @@ impl Agent {
             Ok(Ok(s)) => s,
             Ok(Err(e)) => {
                 tracing::warn!(proc_dir = %self.cfg.proc_dir.display(), "cannot scan processes: {e}");
-                self.publish();
+                self.scan_failed(&wanted);
                 return;
             }
             Err(e) => {
                 tracing::warn!("process scan failed: {e}");
-                self.publish();
+                self.scan_failed(&wanted);
                 return;
             }
         };
@@ -425,6 +468,16 @@ impl Agent {
         );
     }
 
+    /// The scan failed: served pods keep their listeners, the others wait for the next pass.
+    fn scan_failed(&mut self, wanted: &[Wanted]) {
+        for w in wanted {
+            if !self.listeners.contains_key(&w.pod.uid) {
+                self.unserved.insert(w.pod.uid.clone(), Unserved::ScanError);
+            }
+        }
+        self.publish();
+    }
+
     /// Makes pod `w`'s listener match `found`.
     async fn serve(&mut self, w: Wanted, found: Option<&Found>) {
         let uid = w.pod.uid.clone();
@@ -435,7 +488,12 @@ impl Agent {
                 if let Some(l) = self.listeners.remove(&uid) {
                     l.close(&format!("ambiguous network namespace: {why}"));
                 }
-                self.refuse(&uid, &shown, format!("ambiguous network namespace: {why}"));
+                self.refuse(
+                    &uid,
+                    &shown,
+                    Some(Unserved::AmbiguousNetns),
+                    format!("ambiguous network namespace: {why}"),
+                );
                 return;
             }
             None => {
@@ -445,11 +503,13 @@ impl Agent {
                 self.refuse(
                     &uid,
                     &shown,
+                    Some(Unserved::NoProcess),
                     "no process of the pod found on this node".into(),
                 );
                 return;
             }
         };
+        let mut bind = Bind::New;
         if let Some(l) = self.listeners.get(&uid) {
             if l.netns == netns && l.identity == w.identity && l.token_file == w.token_file {
                 return;
@@ -457,11 +517,17 @@ impl Agent {
             if let Some(l) = self.listeners.remove(&uid) {
                 l.close("the pod's namespace, identity or token changed; serving it anew");
             }
+            bind = Bind::Changed;
         }
         let entra = match self.entra_for(&w.identity.tenant_id) {
             Ok(e) => e,
             Err(e) => {
-                self.refuse(&uid, &shown, format!("Entra ID client: {e}"));
+                self.refuse(
+                    &uid,
+                    &shown,
+                    Some(Unserved::EntraClient),
+                    format!("Entra ID client: {e}"),
+                );
                 return;
             }
         };
@@ -477,17 +543,27 @@ impl Agent {
             Ok::<_, std::io::Error>((l, TokenSource::new(token_file)))
         })
         .await;
-        let (std_listeners, source) = match bound {
+        let (bound, source) = match bound {
             Ok(Ok(x)) => x,
             Ok(Err(e)) => {
-                self.refuse(&uid, &shown, format!("cannot listen in {netns}: {e}"));
+                let why = format!("cannot listen in {netns}: {e}");
+                self.refuse(&uid, &shown, Some(Unserved::BindError), why);
                 return;
             }
             Err(e) => {
-                self.refuse(&uid, &shown, format!("cannot listen in {netns}: {e}"));
+                let why = format!("cannot listen in {netns}: {e}");
+                self.refuse(&uid, &shown, Some(Unserved::BindError), why);
                 return;
             }
         };
+        let diag = match bound.diag {
+            Ok(d) => Some(Arc::new(d)),
+            Err(e) => {
+                tracing::warn!(pod = %shown, "no socket diagnostics in {netns}: audit lines of this pod have no caller uid: {e}");
+                None
+            }
+        };
+        let std_listeners = bound.listeners;
         let listeners: Result<Vec<_>, _> = std_listeners
             .into_iter()
             .map(tokio::net::TcpListener::from_std)
@@ -495,21 +571,33 @@ impl Agent {
         let listeners = match listeners {
             Ok(l) => l,
             Err(e) => {
-                self.refuse(&uid, &shown, format!("cannot register the listener: {e}"));
+                let why = format!("cannot register the listener: {e}");
+                self.refuse(&uid, &shown, Some(Unserved::BindError), why);
                 return;
             }
         };
         let Ok(uid_header) = HeaderValue::from_str(&uid) else {
             return;
         };
+        let policy = w.identity.policy();
+        let metrics = self.shared.metrics.for_pod(
+            PodLabels::new(&w.pod.namespace, &w.pod.name),
+            crate::service::resource_label_rule(&policy),
+        );
         let service = Service::for_pod(PodParts {
-            policy: w.identity.policy(),
+            policy,
             source,
             entra,
             max_cached_tokens: self.cfg.max_cached_tokens,
-            metrics: Arc::clone(&self.shared.metrics),
+            metrics: Arc::new(metrics),
             summary: Arc::clone(&self.summary),
             access_log: self.cfg.access_log,
+            audit_log: self.cfg.audit_log,
+            pod: PodRef {
+                namespace: w.pod.namespace.clone(),
+                name: w.pod.name.clone(),
+                uid: uid.clone(),
+            },
         });
         let (stop, stop_rx) = watch::channel(false);
         let mut serving = tokio::task::JoinSet::new();
@@ -518,9 +606,11 @@ impl Agent {
                 l,
                 Arc::clone(&service),
                 uid_header.clone(),
+                diag.clone(),
                 stop_rx.clone(),
             ));
         }
+        let weak = Arc::downgrade(&service);
         drop(service);
         // One task owns the pod's listeners: aborting it drops them all, with their connections.
         let task = tokio::spawn(async move { while serving.join_next().await.is_some() {} });
@@ -536,10 +626,13 @@ impl Agent {
             shown_addrs.join(" and ")
         );
         self.refused.remove(&uid);
+        self.unserved.remove(&uid);
+        self.shared.node_metrics.bound(bind);
         self.listeners.insert(
             uid,
             Listener {
                 pod: shown,
+                service: weak,
                 netns,
                 identity: w.identity,
                 token_file: w.token_file,
@@ -570,8 +663,17 @@ impl Agent {
     }
 
     fn publish(&self) {
-        let mut s = self.shared.served.lock().unwrap_or_else(|p| p.into_inner());
-        *s = self.listeners.keys().cloned().collect();
+        {
+            let mut s = self.shared.served.lock().unwrap_or_else(|p| p.into_inner());
+            *s = self
+                .listeners
+                .iter()
+                .map(|(uid, l)| (uid.clone(), Weak::clone(&l.service)))
+                .collect();
+        }
+        self.shared
+            .node_metrics
+            .set(self.listeners.len(), self.unserved.values().copied());
     }
 }
 

@@ -6,7 +6,8 @@
 //! - [`pod`]: which pods are served and with which identity (pure);
 //! - [`netns`]: a pod's namespace from the process table's cgroups, and a listener bound in it;
 //! - [`agent`]: the pod and ServiceAccount reflectors and the reconciler of listeners;
-//! - this file: the command line and the agent's own health endpoint.
+//! - [`metrics`]: the agent's own series (pods served, listener binds, unserved pods);
+//! - this file: the command line and the agent's own health and metrics endpoint.
 //!
 //! A binary of its own (like the webhook), not a subcommand of `identity-sidecar`: the per-pod
 //! sidecar then links none of the Kubernetes client, kubeconfig parser or namespace code (as a
@@ -15,6 +16,7 @@
 //! [`crate::core`]), with a policy, federated token and cache of its own; nothing is ever
 //! forwarded to the real IMDS.
 pub mod agent;
+pub mod metrics;
 pub mod netns;
 pub mod pod;
 
@@ -35,7 +37,6 @@ use reqwest::Url;
 use crate::cmd::flags::{self, Checked};
 use crate::config::DEFAULT_AUTHORITY;
 use crate::core::egress::EgressProxy;
-use crate::duration;
 use crate::telemetry::logging::LogFormat;
 use agent::{Agent, AgentConfig, Shared};
 
@@ -85,13 +86,8 @@ pub struct NodeArgs {
     )]
     pub imds_port: u16,
 
-    /// Time limit of one call to Entra ID. [default: 10s]
-    #[arg(long, env = "IDENTITY_SIDECAR_ENTRA_TIMEOUT", value_name = "DURATION", value_parser = Checked(duration::parse_positive))]
-    pub entra_timeout: Option<Duration>,
-
-    /// Total time a token request may spend on Entra ID, retries included. [default: 20s]
-    #[arg(long, env = "IDENTITY_SIDECAR_ENTRA_BUDGET", value_name = "DURATION", value_parser = Checked(duration::parse_positive))]
-    pub entra_budget: Option<Duration>,
+    #[command(flatten)]
+    pub entra: flags::EntraLimits,
 
     /// Most (client id, scope) pairs cached per pod. [default: 64]
     #[arg(long, env = "IDENTITY_SIDECAR_MAX_CACHED_TOKENS", value_name = "N", value_parser = Checked(flags::positive_count))]
@@ -100,6 +96,11 @@ pub struct NodeArgs {
     /// Log every token request at info.
     #[arg(long, env = "IDENTITY_SIDECAR_ACCESS_LOG")]
     pub access_log: bool,
+
+    /// Write one JSON audit line per token request (the sidecar's line, plus the pod it was
+    /// served for: pod_namespace, pod_name, pod_uid), always JSON, marked "log":"audit".
+    #[arg(long, env = "IDENTITY_SIDECAR_AUDIT_LOG")]
+    pub audit_log: bool,
 
     /// Log format: `text` or `json`. [default: text]
     #[arg(long, env = "IDENTITY_SIDECAR_LOG_FORMAT", value_name = "FORMAT", value_parser = Checked(LogFormat::parse))]
@@ -116,15 +117,10 @@ impl NodeArgs {
             Some(u) => u.clone(),
             None => flags::authority(DEFAULT_AUTHORITY)?,
         };
-        let entra_timeout = self.entra_timeout.unwrap_or(Duration::from_secs(10));
-        let entra_budget = self.entra_budget.unwrap_or(Duration::from_secs(20));
-        if entra_budget < entra_timeout {
-            return Err(
-                "--entra-budget (env IDENTITY_SIDECAR_ENTRA_BUDGET): must be at least \
-                 --entra-timeout"
-                    .into(),
-            );
-        }
+        let (entra_timeout, entra_budget) = self
+            .entra
+            .resolve()
+            .map_err(|m| format!("--entra-budget (env IDENTITY_SIDECAR_ENTRA_BUDGET): {m}"))?;
         Ok(AgentConfig {
             node_name: self.node_name.clone(),
             kubelet_root: self.kubelet_root_dir.clone(),
@@ -135,6 +131,7 @@ impl NodeArgs {
             entra_budget,
             max_cached_tokens: self.max_cached_tokens.unwrap_or(64),
             access_log: self.access_log,
+            audit_log: self.audit_log,
             imds_addr: SocketAddrV4::new(Ipv4Addr::new(169, 254, 169, 254), self.imds_port),
             egress: EgressProxy::from_env()
                 .map_err(|e| format!("proxy (env HTTPS_PROXY / HTTP_PROXY): {e}"))?,
@@ -241,19 +238,18 @@ async fn health(listener: tokio::net::TcpListener, shared: Arc<Shared>) {
                         r#"{"status":"not_ready","reason":"pods and ServiceAccounts not listed yet"}"#
                             .to_string(),
                     ),
-                    "/metrics" => (
-                        200,
-                        format!(
-                            "{}# HELP identity_sidecar_node_served_pods Pods with an in-pod listener.\n# TYPE identity_sidecar_node_served_pods gauge\nidentity_sidecar_node_served_pods {}\n",
-                            shared.metrics.render(None),
-                            shared.served()
-                        ),
-                    ),
+                    "/metrics" => (200, shared.render_metrics()),
                     _ => (404, r#"{"error":"not_found"}"#.to_string()),
                 };
                 let mut r = http::Response::new(Full::new(Bytes::from(body)));
                 *r.status_mut() = http::StatusCode::from_u16(status)
                     .unwrap_or(http::StatusCode::INTERNAL_SERVER_ERROR);
+                if req.uri().path() == "/metrics" {
+                    r.headers_mut().insert(
+                        http::header::CONTENT_TYPE,
+                        http::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+                    );
+                }
                 Ok::<_, Infallible>(r)
             }
         });

@@ -13,7 +13,8 @@
 //! can be reused between the two), and on a thread of its own (`setns` moves only the calling
 //! thread, and that thread then ends) adds `169.254.169.254/32` to the namespace's `lo` with one
 //! rtnetlink `RTM_NEWADDR` (create-or-replace, so a restarted agent adds it again harmlessly) and
-//! binds the listener there. A socket stays in the namespace it was made in, so the listener
+//! binds the listener there, and opens a `NETLINK_SOCK_DIAG` socket there too (the audit line
+//! asks it for the uid of each caller's socket, which only that namespace's socket can see). A socket stays in the namespace it was made in, so the listener
 //! serves that pod alone, whatever thread accepts on it. The address stays when the listener
 //! closes: the pod then gets "connection refused" from its own `lo`, never a route to the node's
 //! real IMDS.
@@ -23,6 +24,8 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 use std::os::fd::AsRawFd as _;
 use std::os::unix::fs::MetadataExt as _;
 use std::path::{Path, PathBuf};
+
+use crate::telemetry::caller::NamespaceDiag;
 
 /// A network namespace: the device and inode of its nsfs file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -178,14 +181,17 @@ pub fn ns_file(proc_dir: &Path, pid: u32) -> PathBuf {
     proc_dir.join(pid.to_string()).join("ns/net")
 }
 
+/// What [`bind_in`] made inside a pod's namespace.
+pub struct Bound {
+    pub listeners: Vec<std::net::TcpListener>,
+    /// A socket-diagnostics socket of the pod's namespace, for the audit line's caller uid.
+    pub diag: io::Result<NamespaceDiag>,
+}
+
 /// Enters the namespace of `ns_path` on a thread of its own, makes sure it is `expect` and that
 /// the IP of `addrs[0]` is on its `lo`, and binds a listener on each of `addrs` there
 /// (non-blocking, for Tokio).
-pub fn bind_in(
-    ns_path: &Path,
-    expect: NetnsId,
-    addrs: Vec<SocketAddrV4>,
-) -> io::Result<Vec<std::net::TcpListener>> {
+pub fn bind_in(ns_path: &Path, expect: NetnsId, addrs: Vec<SocketAddrV4>) -> io::Result<Bound> {
     let file = std::fs::File::open(ns_path)?;
     let m = file.metadata()?;
     let got = NetnsId {
@@ -200,7 +206,7 @@ pub fn bind_in(
     }
     let thread = std::thread::Builder::new()
         .name("netns-bind".into())
-        .spawn(move || -> io::Result<Vec<std::net::TcpListener>> {
+        .spawn(move || -> io::Result<Bound> {
             // SAFETY: setns on a valid namespace fd; it changes only this thread, which ends
             // right after binding and runs nothing else.
             if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
@@ -209,14 +215,18 @@ pub fn bind_in(
             if let Some(first) = addrs.first() {
                 add_loopback_address(*first.ip())?;
             }
-            addrs
+            let listeners = addrs
                 .iter()
                 .map(|a| {
                     let l = std::net::TcpListener::bind(a)?;
                     l.set_nonblocking(true)?;
                     Ok(l)
                 })
-                .collect()
+                .collect::<io::Result<Vec<_>>>()?;
+            Ok(Bound {
+                listeners,
+                diag: NamespaceDiag::open(),
+            })
         })?;
     thread
         .join()

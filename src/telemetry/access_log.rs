@@ -67,7 +67,7 @@ pub fn record<'a>(enabled: bool, make: impl FnOnce() -> Entry<'a>) {
 }
 
 /// RFC 3339 UTC with microseconds, like `tracing-subscriber`'s, without `fmt` machinery.
-fn timestamp(buf: &mut Vec<u8>) {
+pub(crate) fn timestamp(buf: &mut Vec<u8>) {
     let now = time::OffsetDateTime::now_utc();
     digits(buf, now.year().max(0) as u32, 4);
     buf.push(b'-');

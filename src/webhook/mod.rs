@@ -12,6 +12,7 @@
 //! It is a second binary of the package (`src/bin/identity-sidecar-webhook.rs`), not a
 //! subcommand of `identity-sidecar`, so the per-pod sidecar binary links none of it (see
 //! docs/kubernetes.md, "The injector").
+pub mod expiry;
 pub use crate::kube;
 pub mod names;
 pub mod patch;

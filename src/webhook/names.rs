@@ -16,6 +16,8 @@ pub const ANN_SIDECAR_MODE: &str = "identity-sidecar.io/sidecar-mode";
 pub const ANN_SKIP_CONTAINERS: &str = "identity-sidecar.io/skip-containers";
 /// Pod annotation: the sidecar's loopback port (default 8000).
 pub const ANN_PORT: &str = "identity-sidecar.io/port";
+/// Pod annotation: the sidecar's admin port (metrics and probes on the pod IP; default 8491).
+pub const ANN_ADMIN_PORT: &str = "identity-sidecar.io/admin-port";
 /// Pod annotation: other client ids the app may ask for (comma list).
 pub const ANN_ALLOWED_CLIENT_IDS: &str = "identity-sidecar.io/allowed-client-ids";
 /// Pod annotation: resources tokens may be issued for (comma list, `*` suffix = prefix).
@@ -50,11 +52,16 @@ pub const XTABLES_VOLUME: &str = "identity-sidecar-xtables-lock";
 pub const TOKEN_MOUNT: &str = "/var/run/secrets/identity-sidecar/tokens";
 pub const TOKEN_FILE: &str = "azure-identity-token";
 pub const TOKEN_AUDIENCE: &str = "api://AzureADTokenExchange";
-/// The sidecar image's binary, for exec probes.
+/// The sidecar image's binary, for the classic mode's postStart hook.
 pub const BINARY: &str = "/usr/local/bin/identity-sidecar";
 /// The sidecar's uid: the image's USER and the one init-network exempts from the redirect.
 pub const SIDECAR_UID: u32 = 10501;
 pub const DEFAULT_PORT: u16 = 8000;
+/// The sidecar's admin port (`--admin-listen 0.0.0.0:PORT`): why 8491 is in
+/// docs/operations.md#admin-listener.
+pub const DEFAULT_ADMIN_PORT: u16 = crate::config::DEFAULT_ADMIN_PORT;
+/// The name of the admin container port, which probes and the PodMonitor select.
+pub const ADMIN_PORT_NAME: &str = "identity-admin";
 
 pub const DEFAULT_TOKEN_EXPIRATION: u64 = 3600;
 pub const MIN_TOKEN_EXPIRATION: u64 = 3600;
@@ -68,3 +75,5 @@ pub const ENV_MSI_ENDPOINT: &str = "MSI_ENDPOINT";
 pub const ENV_MSI_SECRET: &str = "MSI_SECRET";
 pub const ENV_POD_IDENTITY_AUTHORITY_HOST: &str = "AZURE_POD_IDENTITY_AUTHORITY_HOST";
 pub const ENV_LISTEN: &str = "IDENTITY_SIDECAR_LISTEN";
+pub const ENV_ADMIN_LISTEN: &str = "IDENTITY_SIDECAR_ADMIN_LISTEN";
+pub const ENV_AUDIT_LOG: &str = "IDENTITY_SIDECAR_AUDIT_LOG";

@@ -8,7 +8,7 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
@@ -22,6 +22,7 @@ use hyper_util::server::graceful::GracefulShutdown;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
@@ -58,19 +59,35 @@ struct Outcome {
     outcome: &'static str,
 }
 
-/// The webhook's Prometheus metrics.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Operation {
+    operation: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BuildLabels {
+    version: &'static str,
+    commit: &'static str,
+}
+
+/// The webhook's Prometheus metrics (docs/operations.md#metrics).
 struct Metrics {
     registry: Registry,
     admissions: Family<Outcome, Counter>,
     latency: Histogram,
     lookups: Family<Outcome, Counter>,
     reloads: Family<Outcome, Counter>,
+    api_errors: Family<Operation, Counter>,
+    cert_expiry: Gauge<i64, AtomicI64>,
 }
 
 impl Metrics {
     fn new() -> Metrics {
         let mut registry = Registry::with_prefix("identity_sidecar_webhook");
         let admissions = Family::<Outcome, Counter>::default();
+        for outcome in ["patched", "unchanged", "refused", "ignored", "bad_request"] {
+            let _ = admissions.get_or_create(&Outcome { outcome });
+        }
         registry.register(
             "admissions",
             "AdmissionReviews answered, by outcome (patched, unchanged, refused, ignored, bad_request)",
@@ -85,16 +102,51 @@ impl Metrics {
             latency.clone(),
         );
         let lookups = Family::<Outcome, Counter>::default();
+        for outcome in ["cached", "fetched", "error"] {
+            let _ = lookups.get_or_create(&Outcome { outcome });
+        }
         registry.register(
             "serviceaccount_lookups",
             "ServiceAccount lookups, by result (cached, fetched, error)",
             lookups.clone(),
         );
         let reloads = Family::<Outcome, Counter>::default();
+        for outcome in ["swapped", "kept_old"] {
+            let _ = reloads.get_or_create(&Outcome { outcome });
+        }
         registry.register(
             "certificate_reloads",
             "Serving-certificate changes seen, by result (swapped, kept_old)",
             reloads.clone(),
+        );
+        let api_errors = Family::<Operation, Counter>::default();
+        // Both operations exist from the start, so a rate over them has a series before the
+        // first error.
+        for operation in ["get_serviceaccount", "ping"] {
+            let _ = api_errors.get_or_create(&Operation { operation });
+        }
+        registry.register(
+            "kubernetes_api_errors",
+            "Failed calls to the Kubernetes API, by operation (get_serviceaccount, ping)",
+            api_errors.clone(),
+        );
+        let cert_expiry = Gauge::<i64, AtomicI64>::default();
+        registry.register(
+            "certificate_expiry_timestamp_seconds",
+            "Expiry (Unix time, notAfter) of the serving certificate in use",
+            cert_expiry.clone(),
+        );
+        let build = Family::<BuildLabels, Gauge<i64, AtomicI64>>::default();
+        build
+            .get_or_create(&BuildLabels {
+                version: env!("CARGO_PKG_VERSION"),
+                commit: crate::telemetry::metrics::BUILD_COMMIT,
+            })
+            .set(1);
+        registry.register(
+            "build_info",
+            "Always 1; the labels say which build runs (version, commit)",
+            build,
         );
         Metrics {
             registry,
@@ -102,17 +154,26 @@ impl Metrics {
             latency,
             lookups,
             reloads,
+            api_errors,
+            cert_expiry,
         }
     }
 
     fn count(f: &Family<Outcome, Counter>, outcome: &'static str) {
         f.get_or_create(&Outcome { outcome }).inc();
     }
+
+    fn api_error(&self, operation: &'static str) {
+        self.api_errors
+            .get_or_create(&Operation { operation })
+            .inc();
+    }
 }
 
 /// Shared state of the request path.
 struct State {
     settings: Settings,
+    certs: Arc<Reloading>,
     kube: kube::Client,
     cache: kube::Cache,
     api_ok: AtomicBool,
@@ -152,6 +213,7 @@ pub async fn start(cfg: Config) -> Result<Running, String> {
         .map_err(|e| format!("listener address: {e}"))?;
     let state = Arc::new(State {
         settings: cfg.settings,
+        certs: Arc::clone(&certs),
         kube: client,
         cache: kube::Cache::new(cfg.cache_ttl),
         api_ok: AtomicBool::new(false),
@@ -203,6 +265,7 @@ async fn api_loop(state: Arc<State>) {
         let ok = match state.kube.ping().await {
             Ok(()) => true,
             Err(e) => {
+                Metrics::api_error(&state.metrics, "ping");
                 if state.api_ok.load(Ordering::Relaxed) {
                     tracing::warn!("Kubernetes API check failed: {e}");
                 }
@@ -292,6 +355,9 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Bo
             }
         }
         ("/metrics", &Method::GET) => {
+            if let Some(at) = state.certs.not_after() {
+                state.metrics.cert_expiry.set(at);
+            }
             let mut out = String::new();
             let _ = prometheus_client::encoding::text::encode(&mut out, &state.metrics.registry);
             let mut r = Response::new(Full::new(Bytes::from(out)));
@@ -436,6 +502,7 @@ async fn admit(state: &State, review: &review::Request) -> (&'static str, Vec<u8
             }
             Err(e) => {
                 Metrics::count(&state.metrics.lookups, "error");
+                Metrics::api_error(&state.metrics, "get_serviceaccount");
                 if matches!(e, KubeError::Unreachable { .. }) {
                     state.api_ok.store(false, Ordering::Relaxed);
                 }

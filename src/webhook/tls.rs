@@ -108,6 +108,12 @@ impl Reloading {
         }
     }
 
+    /// `notAfter` (Unix time) of the certificate served now.
+    pub fn not_after(&self) -> Option<i64> {
+        let current = self.current.load();
+        super::expiry::not_after(current.cert.first()?)
+    }
+
     /// The rustls server configuration (HTTP/1.1) that serves through this resolver.
     pub fn server_config(self: &Arc<Self>) -> Result<Arc<rustls::ServerConfig>, String> {
         let mut cfg = rustls::ServerConfig::builder_with_provider(provider())

@@ -158,7 +158,7 @@ client() { ip netns exec "$ns" "$py" "$repo/tests/pod/client.py" "$@"; }
 client wait http://127.0.0.1:8000/healthz 30 || fail "/healthz never answered 200"
 say "/healthz 200 from the image's entrypoint (uid $user, read-only root)"
 client wait http://127.0.0.1:8000/readyz 10 || fail "/readyz never answered 200"
-# The exec probe the manifests use, from the image, as its user.
+# `identity-sidecar probe`, from the image, as its user (the legacy overlay's postStart start-up wait).
 ip netns exec "$ns" env -i "$(command -v chroot)" --userspec="$user" "$root" \
     /usr/local/bin/identity-sidecar probe /readyz || fail "exec probe /readyz failed"
 say "exec probe (identity-sidecar probe /readyz) from the image: ok"

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Renders every overlay in manifests/overlays with `kubectl kustomize`, validates it offline
 with kubernetes-validate --strict against Kubernetes 1.29 and the newest schema it ships (the
-legacy-sidecar overlay also against 1.25), and checks the pod-integration rules on the output.
+legacy-sidecar overlay also against 1.25), and checks the pod-integration rules on the output (httpGet probes on the named admin port).
 
 Usage: check.py KUBERNETES_VALIDATE_BIN   (run by tests/manifests/check.sh)
 Prints one line per overlay and a closing "N passed, N failed" line; exit 1 on any failure.
@@ -20,6 +20,7 @@ INIT = "identity-sidecar-init"
 TOKEN_PATH = "azure-identity-token"
 EXPECTED = {"app-service", "imds-intercept", "azwi-webhook", "job", "legacy-sidecar"}
 SIDECAR_UID = 10501
+ADMIN_PORT = "identity-admin"
 # The Pod Security level each overlay's pods meet (docs/kubernetes.md#pod-security): imds-intercept
 # adds NET_ADMIN to an init container running as uid 0, which baseline already forbids.
 POD_SECURITY = {"app-service": "restricted", "imds-intercept": "privileged", "azwi-webhook": "restricted",
@@ -31,26 +32,42 @@ RESTRICTED_VOLUMES = {"configMap", "csi", "downwardAPI", "emptyDir", "ephemeral"
                       "persistentVolumeClaim", "projected", "secret"}
 
 
-def exec_probe_path(probe):
+def admin_port(c):
+    """The sidecar's admin port: IDENTITY_SIDECAR_ADMIN_LISTEN on the pod IP, declared as the
+    named container port the probes and the PodMonitor use."""
+    name = c["name"]
+    listen = env_value(c, "IDENTITY_SIDECAR_ADMIN_LISTEN")
+    check(isinstance(listen, str) and listen.startswith("0.0.0.0:"),
+          f"{name}: IDENTITY_SIDECAR_ADMIN_LISTEN must be 0.0.0.0:PORT, got {listen}")
+    port = int(listen.rsplit(":", 1)[1])
+    ports = [p for p in c.get("ports", []) or [] if p.get("name") == ADMIN_PORT]
+    check(len(ports) == 1 and ports[0].get("containerPort") == port,
+          f"{name}: must declare port {ADMIN_PORT} = {port}, got {c.get('ports')}")
+    return port
+
+
+def http_probe_path(probe):
     check(probe is not None, "missing probe")
-    cmd = probe.get("exec", {}).get("command", [])
-    check(len(cmd) >= 3 and cmd[0].endswith(SIDECAR) and cmd[1] == "probe",
-          f"probe is not `identity-sidecar probe PATH`: {cmd}")
-    return cmd[2]
+    get = probe.get("httpGet", {})
+    check(get.get("port") == ADMIN_PORT and "exec" not in probe,
+          f"probe must be httpGet on port {ADMIN_PORT}: {probe}")
+    return get.get("path")
 
 
 def check_sidecar(c, native):
     name = c["name"]
     if native:
         check(c.get("restartPolicy") == "Always", f"{name}: native sidecar needs restartPolicy: Always")
-        check(exec_probe_path(c.get("startupProbe")) == "/readyz", f"{name}: startupProbe must probe /readyz")
+        check(http_probe_path(c.get("startupProbe")) == "/readyz", f"{name}: startupProbe must probe /readyz")
     else:
         check("restartPolicy" not in c, f"{name}: regular container with restartPolicy")
         cmd = c.get("lifecycle", {}).get("postStart", {}).get("exec", {}).get("command", [])
         check(cmd[1:3] == ["probe", "/readyz"] and "--wait" in cmd,
               f"{name}: legacy sidecar needs a postStart start-up wait on /readyz, got {cmd}")
-    check(exec_probe_path(c.get("readinessProbe")) == "/readyz", f"{name}: readinessProbe must probe /readyz")
-    check(exec_probe_path(c.get("livenessProbe")) == "/healthz", f"{name}: livenessProbe must probe /healthz")
+    admin_port(c)
+    check(http_probe_path(c.get("readinessProbe")) == "/readyz", f"{name}: readinessProbe must probe /readyz")
+    check(http_probe_path(c.get("livenessProbe")) == "/healthz", f"{name}: livenessProbe must probe /healthz")
+    check(env_value(c, "IDENTITY_SIDECAR_AUDIT_LOG") == "true", f"{name}: the audit log must be on")
     res = c.get("resources", {})
     for kind in ("requests", "limits"):
         for r in ("cpu", "memory"):

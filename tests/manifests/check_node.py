@@ -5,7 +5,8 @@ RBAC limited to get/list/watch on pods and serviceaccounts; a namespace at Pod S
 "privileged"; the DaemonSet with hostPID and hostNetwork, every capability dropped but the
 five it needs, the kubelet's pods directory read-only with HostToContainer propagation,
 system-node-critical, a toleration for every taint, NODE_NAME from the downward API, requests,
-limits and both probes.
+limits and both probes (httpGet on the named port node-admin, where health and metrics listen
+on the node's IP), and the audit line on.
 
 usage: check_node.py KUBERNETES_VALIDATE_BIN MANIFESTS_NODE_DIR
 Prints one ok/FAIL line per check and "node manifests: N passed, N failed"; exit 1 on any
@@ -74,6 +75,16 @@ def daemonset(docs):
     check(res["requests"].get("cpu") and res["requests"].get("memory"), "requests")
     check(res["limits"].get("memory"), "memory limit")
     check(c.get("readinessProbe") and c.get("livenessProbe"), "probes")
+    # Audit line on; health and metrics on the node's IP at the named port node-admin, which the
+    # probes and the PodMonitor use.
+    check(env.get("IDENTITY_SIDECAR_AUDIT_LOG", {}).get("value") == "true", "audit log on")
+    check(env["HOST_IP"]["valueFrom"]["fieldRef"]["fieldPath"] == "status.hostIP", "HOST_IP")
+    listen = env["IDENTITY_SIDECAR_HEALTH_LISTEN"]["value"]
+    ports = [p for p in c.get("ports", []) if p.get("name") == "node-admin"]
+    check(len(ports) == 1 and listen == f"$(HOST_IP):{ports[0]['containerPort']}",
+          f"health listen {listen} on the node-admin port {ports}")
+    for probe in ("readinessProbe", "livenessProbe"):
+        check(c[probe]["httpGet"]["port"] == "node-admin", f"{probe} on node-admin")
 
 
 def main():

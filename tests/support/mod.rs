@@ -20,6 +20,8 @@ pub mod fake_http;
 #[cfg(feature = "mock")]
 pub mod mock_entra;
 pub mod mock_sdk;
+#[cfg(feature = "mock")]
+pub mod mock_serve;
 pub mod request;
 pub mod sdk;
 pub mod sidecar_on_fake_entra;
@@ -122,8 +124,10 @@ pub fn args(authority: &str, token_file: &Path) -> ServeArgs {
         authority_host: Some(flags::authority(authority).expect("test authority")),
         listen: vec![Some("127.0.0.1:0".parse().expect("addr"))],
         identity_header: Some(Secret::new(IDENTITY_HEADER)),
-        entra_timeout: Some(Duration::from_secs(2)),
-        entra_budget: Some(Duration::from_secs(4)),
+        entra: identity_sidecar::cmd::flags::EntraLimits {
+            entra_timeout: Some(Duration::from_secs(2)),
+            entra_budget: Some(Duration::from_secs(4)),
+        },
         ..Default::default()
     }
 }
@@ -154,6 +158,11 @@ impl Sidecar {
 
     pub fn url(&self, path_and_query: &str) -> String {
         format!("http://{}{}", self.addr, path_and_query)
+    }
+
+    /// The admin listener's address (`admin_listen` in the arguments).
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.running.as_ref().and_then(Running::admin_addr)
     }
 
     pub async fn imds(&self, query: &str) -> reqwest::Response {

@@ -73,6 +73,8 @@ pub(super) struct Injection {
     pub(super) authority_host: String,
     pub(super) expiration: u64,
     pub(super) endpoint: Endpoint,
+    /// The admin port: metrics and the httpGet probes, on the pod IP.
+    pub(super) admin_port: u16,
     pub(super) header: String,
     pub(super) image: String,
     pub(super) init_image: String,
@@ -136,6 +138,28 @@ impl Injection {
                 ))
             })?,
         };
+        let admin_port = match pod_ann(ANN_ADMIN_PORT) {
+            None => DEFAULT_ADMIN_PORT,
+            Some(p) => p.parse::<u16>().ok().filter(|p| *p > 0).ok_or_else(|| {
+                refuse(format!(
+                    "identity-sidecar: pod {pod_name}: annotation {ANN_ADMIN_PORT}={p:?} is not a \
+                     TCP port (1-65535)"
+                ))
+            })?,
+        };
+        if admin_port == port {
+            return Err(refuse(format!(
+                "identity-sidecar: pod {pod_name}: the admin port ({ANN_ADMIN_PORT}) and the token \
+                 port ({ANN_PORT}) are both {port}; they must differ"
+            )));
+        }
+        if let Some(c) = declares_port(pod, admin_port) {
+            return Err(refuse(format!(
+                "identity-sidecar: pod {pod_name}: container {c:?} already declares port \
+                 {admin_port}, which is the sidecar's admin port ({ADMIN_PORT_NAME}, for metrics and \
+                 probes); choose another with the pod annotation {ANN_ADMIN_PORT}"
+            )));
+        }
         let mut resources = settings.resources.clone();
         for (key, slot) in [
             (ANN_CPU_REQUEST, &mut resources.cpu_request),
@@ -178,6 +202,7 @@ impl Injection {
                 port,
                 header: endpoint_header,
             },
+            admin_port,
             header,
             image: settings.image.clone(),
             init_image,
@@ -201,7 +226,8 @@ impl Injection {
     }
 
     pub(super) fn sidecar_container(&self, native: bool) -> Value {
-        let probe = |path: &str| json!({"exec": {"command": [BINARY, "probe", path]}});
+        // httpGet probes on the named admin port: it serves only health, readiness and metrics.
+        let probe = |path: &str| json!({"httpGet": {"path": path, "port": ADMIN_PORT_NAME}});
         let mut env = vec![
             json!({"name": "AZURE_CLIENT_ID", "value": self.client_id}),
             json!({"name": "AZURE_TENANT_ID", "value": self.tenant_id}),
@@ -210,6 +236,9 @@ impl Injection {
             json!({"name": ENV_IDENTITY_HEADER, "value": self.header}),
             // Loopback only: anything listening on the pod IP would hand tokens to other pods.
             json!({"name": ENV_LISTEN, "value": format!("127.0.0.1:{}", self.endpoint.port)}),
+            // The pod IP gets the admin listener, which never serves a token.
+            json!({"name": ENV_ADMIN_LISTEN, "value": format!("0.0.0.0:{}", self.admin_port)}),
+            json!({"name": ENV_AUDIT_LOG, "value": "true"}),
             json!({"name": "IDENTITY_SIDECAR_LOG_FORMAT", "value": "json"}),
         ];
         if let Some(ids) = &self.allowed_client_ids {
@@ -234,7 +263,10 @@ impl Injection {
             );
         }
         c.insert("env".into(), Value::Array(env));
-        // Exec probes: kubelet's httpGet probes go to the pod IP, where the sidecar is not.
+        c.insert(
+            "ports".into(),
+            json!([{"name": ADMIN_PORT_NAME, "containerPort": self.admin_port, "protocol": "TCP"}]),
+        );
         let mut startup = probe("/readyz");
         extend(
             &mut startup,
@@ -260,19 +292,7 @@ impl Injection {
                 "limits": {"cpu": self.resources.cpu_limit, "memory": self.resources.memory_limit},
             }),
         );
-        c.insert(
-            "securityContext".into(),
-            json!({
-                "runAsNonRoot": true,
-                "runAsUser": SIDECAR_UID,
-                "runAsGroup": SIDECAR_UID,
-                "readOnlyRootFilesystem": true,
-                "allowPrivilegeEscalation": false,
-                "privileged": false,
-                "capabilities": {"drop": ["ALL"]},
-                "seccompProfile": {"type": "RuntimeDefault"},
-            }),
-        );
+        c.insert("securityContext".into(), unprivileged());
         c.insert(
             "volumeMounts".into(),
             json!([{"name": TOKEN_VOLUME, "mountPath": TOKEN_MOUNT, "readOnly": true}]),
@@ -306,6 +326,24 @@ impl Injection {
     }
 }
 
+/// The first container of the pod (app or init) that declares `port` as a container port.
+fn declares_port(pod: &Value, port: u16) -> Option<String> {
+    ["initContainers", "containers"]
+        .into_iter()
+        .find_map(|list| {
+            super::pod::containers(pod, list).iter().find_map(|c| {
+                let name = c.get("name").and_then(Value::as_str).unwrap_or("");
+                let ports = c.get("ports").and_then(Value::as_array)?;
+                ports
+                    .iter()
+                    .any(|p| {
+                        p.get("containerPort").and_then(Value::as_u64) == Some(u64::from(port))
+                    })
+                    .then(|| name.to_string())
+            })
+        })
+}
+
 /// A Kubernetes resource quantity: a decimal number with an optional SI or binary suffix.
 pub fn is_quantity(s: &str) -> bool {
     let num_end = s
@@ -322,4 +360,19 @@ pub fn is_quantity(s: &str) -> bool {
         "" | "m" | "k" | "M" | "G" | "T" | "P" | "E" | "Ki" | "Mi" | "Gi" | "Ti" | "Pi" | "Ei"
     );
     digits_ok && suffix_ok
+}
+
+/// The security context of every container we add that needs no privilege (the sidecar, node
+/// mode's wait container): Pod Security "restricted", as the image's non-root user.
+pub(super) fn unprivileged() -> Value {
+    json!({
+        "runAsNonRoot": true,
+        "runAsUser": SIDECAR_UID,
+        "runAsGroup": SIDECAR_UID,
+        "readOnlyRootFilesystem": true,
+        "allowPrivilegeEscalation": false,
+        "privileged": false,
+        "capabilities": {"drop": ["ALL"]},
+        "seccompProfile": {"type": "RuntimeDefault"},
+    })
 }

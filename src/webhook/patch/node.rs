@@ -16,6 +16,7 @@
 use serde_json::{Value, json};
 
 use super::identity::Identity;
+use super::inject::unprivileged;
 use super::ops::{insert_front, push_all};
 use super::pod::{containers, find_container};
 use super::{Refusal, ServiceAccount, Settings, azwi, refuse};
@@ -100,15 +101,6 @@ fn wait_container(settings: &Settings) -> Value {
             "requests": {"cpu": "10m", "memory": "8Mi"},
             "limits": {"cpu": "100m", "memory": "32Mi"},
         },
-        "securityContext": {
-            "runAsNonRoot": true,
-            "runAsUser": SIDECAR_UID,
-            "runAsGroup": SIDECAR_UID,
-            "readOnlyRootFilesystem": true,
-            "allowPrivilegeEscalation": false,
-            "privileged": false,
-            "capabilities": {"drop": ["ALL"]},
-            "seccompProfile": {"type": "RuntimeDefault"},
-        },
+        "securityContext": unprivileged(),
     })
 }
