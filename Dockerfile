@@ -1,19 +1,32 @@
 # syntax=docker/dockerfile:1
 # identity-sidecar images, two targets from one static binary:
 #
-#   runtime (default)  the sidecar: FROM scratch, the binary, a CA bundle, uid 1501, no shell.
+#   runtime (default)  the sidecar: FROM scratch, the binary, a CA bundle, uid 10501, no shell.
 #                      Needs nothing writable: run it with readOnlyRootFilesystem: true.
 #   init               the init container of the imds-intercept overlay: the same binary on a
 #                      distroless iptables base; its entrypoint is `identity-sidecar init-network`.
 #   webhook            the admission webhook (manifests/webhook): FROM scratch, its own binary
-#                      (identity-sidecar-webhook), uid 1501; the per-pod image does not carry it.
+#                      (identity-sidecar-webhook), uid 10501; the per-pod image does not carry it.
 #
 #   docker build -t identity-sidecar .                 (or: buildah build ...)
 #   docker build --target init -t identity-sidecar-init .
 #   docker build --target webhook -t identity-sidecar-webhook .
 #
 # Build arguments: RUST_VERSION, BUILDER_IMAGE, RUNTIME_BASE (scratch, or a distroless static
-# image), INIT_BASE (needs iptables-nft and/or iptables-legacy in /usr/sbin or PATH).
+# image), INIT_BASE (needs iptables-nft and/or iptables-legacy in /usr/sbin or PATH), and what
+# the build is, which the binaries' `--version` and the images' OCI labels carry (the build
+# context has no .git; docs/releasing.md gives the full command):
+#   VCS_REF            the commit (git rev-parse HEAD)        -> org.opencontainers.image.revision
+#   SOURCE_DATE_EPOCH  the commit's time (git log -1 --format=%ct): the build date in --version
+#                      and the SBOMs; BuildKit also stamps the image config with it
+#   CREATED            the same instant as RFC 3339 (date -u -d @$SOURCE_DATE_EPOCH
+#                      +%Y-%m-%dT%H:%M:%SZ)                   -> org.opencontainers.image.created
+#   VERSION            the package version (Cargo.toml)      -> org.opencontainers.image.version
+#   IMAGE_SOURCE       the repository URL                    -> org.opencontainers.image.source
+#
+# Each image carries its binary's CycloneDX SBOM (scripts/build-static) at
+# /usr/share/doc/<binary>/sbom.cdx.json, and the binary embeds its dependency list (cargo
+# auditable), which trivy, grype and syft read from the image without the SBOM.
 #
 # Base images are named by tag here. A release pins each by digest through the same arguments,
 # with digests read from the registry at release time (`crane digest IMAGE:TAG`, `skopeo inspect
@@ -35,6 +48,11 @@ ARG RUST_VERSION=1.95
 ARG BUILDER_IMAGE=docker.io/library/rust:${RUST_VERSION}-bookworm
 ARG RUNTIME_BASE=scratch
 ARG INIT_BASE=registry.k8s.io/build-image/distroless-iptables:v0.7.8
+ARG VCS_REF=
+ARG SOURCE_DATE_EPOCH=
+ARG CREATED=
+ARG VERSION=
+ARG IMAGE_SOURCE=https://github.com/identity-sidecar/identity-sidecar
 
 FROM ${BUILDER_IMAGE} AS builder
 ARG TARGETARCH
@@ -48,6 +66,9 @@ RUN case "${TARGETARCH:-amd64}" in \
  && rm -rf /var/lib/apt/lists/* \
  && rustup target add "$(cat /rust-target)"
 WORKDIR /src
+# cargo-auditable and cargo-cyclonedx, pinned (the layer is cached until the pins change).
+COPY scripts/install-cargo-tools scripts/install-cargo-tools
+RUN scripts/install-cargo-tools cargo-auditable cargo-cyclonedx
 # Dependencies first, in a layer of their own: the manifest, the lock file and the build script
 # with stand-in sources, built exactly as below; a source change then rebuilds only this crate.
 # (Cargo checks that every declared target's file exists: each gets a one-line stand-in.)
@@ -60,14 +81,29 @@ RUN for f in $(sed -n 's/^path = "\(.*\)"/\1/p' Cargo.toml) examples/minimal_ser
     done \
  && IDENTITY_SIDECAR_TARGET=$(cat /rust-target) scripts/build-static /tmp/deps \
  && rm -rf /tmp/deps src examples tests \
-      target/*/release/identity-sidecar* target/*/release/deps/identity_sidecar* \
-      target/*/release/deps/libidentity_sidecar* target/*/release/.fingerprint/identity-sidecar-*
+      target/*/dist/identity-sidecar* target/*/dist/deps/identity_sidecar* \
+      target/*/dist/deps/libidentity_sidecar* target/*/dist/.fingerprint/identity-sidecar-*
 COPY . .
-# Static musl release binary -> /out/identity-sidecar; CA bundle -> /out/etc/ssl/certs/.
-RUN IDENTITY_SIDECAR_TARGET=$(cat /rust-target) scripts/build-static /out
+# Static musl release binaries -> /out/identity-sidecar{,-webhook}, their SBOMs ->
+# /out/*.cdx.json; CA bundle -> /out/etc/ssl/certs/.
+ARG VCS_REF
+ARG SOURCE_DATE_EPOCH
+RUN IDENTITY_SIDECAR_TARGET=$(cat /rust-target) IDENTITY_SIDECAR_COMMIT="${VCS_REF}" \
+    SOURCE_DATE_EPOCH="${SOURCE_DATE_EPOCH}" scripts/build-static /out
 
 FROM ${INIT_BASE} AS init
 COPY --from=builder /out/identity-sidecar /usr/local/bin/identity-sidecar
+COPY --from=builder /out/identity-sidecar.cdx.json /usr/share/doc/identity-sidecar/sbom.cdx.json
+ARG VCS_REF
+ARG CREATED
+ARG VERSION
+ARG IMAGE_SOURCE
+LABEL org.opencontainers.image.title="identity-sidecar-init" \
+      org.opencontainers.image.source="${IMAGE_SOURCE}" \
+      org.opencontainers.image.revision="${VCS_REF}" \
+      org.opencontainers.image.version="${VERSION}" \
+      org.opencontainers.image.created="${CREATED}" \
+      org.opencontainers.image.licenses="MIT OR Apache-2.0"
 # iptables needs uid 0 plus NET_ADMIN (and NET_RAW for the legacy backend); the pod spec adds
 # only those capabilities.
 USER 0:0
@@ -76,7 +112,19 @@ ENTRYPOINT ["/usr/local/bin/identity-sidecar", "init-network"]
 FROM ${RUNTIME_BASE} AS webhook
 # No CA bundle: the webhook trusts only the cluster's CA (in-cluster service account).
 COPY --from=builder /out/identity-sidecar-webhook /usr/local/bin/identity-sidecar-webhook
-USER 1501:1501
+COPY --from=builder /out/identity-sidecar-webhook.cdx.json \
+     /usr/share/doc/identity-sidecar-webhook/sbom.cdx.json
+ARG VCS_REF
+ARG CREATED
+ARG VERSION
+ARG IMAGE_SOURCE
+LABEL org.opencontainers.image.title="identity-sidecar-webhook" \
+      org.opencontainers.image.source="${IMAGE_SOURCE}" \
+      org.opencontainers.image.revision="${VCS_REF}" \
+      org.opencontainers.image.version="${VERSION}" \
+      org.opencontainers.image.created="${CREATED}" \
+      org.opencontainers.image.licenses="MIT OR Apache-2.0"
+USER 10501:10501
 EXPOSE 9443
 ENTRYPOINT ["/usr/local/bin/identity-sidecar-webhook"]
 CMD ["serve"]
@@ -86,15 +134,38 @@ CMD ["serve"]
 FROM ${RUNTIME_BASE} AS node
 COPY --from=builder /out/etc/ssl/certs/ca-certificates.crt /etc/ssl/certs/ca-certificates.crt
 COPY --from=builder /out/identity-sidecar-node /usr/local/bin/identity-sidecar-node
+COPY --from=builder /out/identity-sidecar-node.cdx.json \
+     /usr/share/doc/identity-sidecar-node/sbom.cdx.json
+ARG VCS_REF
+ARG CREATED
+ARG VERSION
+ARG IMAGE_SOURCE
+LABEL org.opencontainers.image.title="identity-sidecar-node" \
+      org.opencontainers.image.source="${IMAGE_SOURCE}" \
+      org.opencontainers.image.revision="${VCS_REF}" \
+      org.opencontainers.image.version="${VERSION}" \
+      org.opencontainers.image.created="${CREATED}" \
+      org.opencontainers.image.licenses="MIT OR Apache-2.0"
 USER 0:0
 ENTRYPOINT ["/usr/local/bin/identity-sidecar-node"]
 
 FROM ${RUNTIME_BASE} AS runtime
 COPY --from=builder /out/etc/ssl/certs/ca-certificates.crt /etc/ssl/certs/ca-certificates.crt
 COPY --from=builder /out/identity-sidecar /usr/local/bin/identity-sidecar
-# 1501 = identity_sidecar::init_network::SIDECAR_UID: init-network exempts this uid from the
+COPY --from=builder /out/identity-sidecar.cdx.json /usr/share/doc/identity-sidecar/sbom.cdx.json
+ARG VCS_REF
+ARG CREATED
+ARG VERSION
+ARG IMAGE_SOURCE
+LABEL org.opencontainers.image.title="identity-sidecar" \
+      org.opencontainers.image.source="${IMAGE_SOURCE}" \
+      org.opencontainers.image.revision="${VCS_REF}" \
+      org.opencontainers.image.version="${VERSION}" \
+      org.opencontainers.image.created="${CREATED}" \
+      org.opencontainers.image.licenses="MIT OR Apache-2.0"
+# 10501 = identity_sidecar::init_network::SIDECAR_UID: init-network exempts this uid from the
 # IMDS redirect. Change both together (or pass init-network --uid).
-USER 1501:1501
+USER 10501:10501
 # No EXPOSE: the sidecar listens on the pod's loopback only (127.0.0.1:8000), which no other pod
 # and no Service can reach; docs/kubernetes.md says why.
 ENTRYPOINT ["/usr/local/bin/identity-sidecar"]

@@ -5,7 +5,7 @@ side in one run, with the same load generator (wrk) on the same machine.
 The sidecar measured is the binary the image ships: the static (musl) build of
 scripts/build-static, found in target/static-out/ (or the image test's output) when it has been
 built, or pointed at with --binary; --build-static builds it first. Without one it falls back to
-the glibc release build and says so. The minimal server is the glibc release build of
+the glibc build (`dist` profile) and says so. The minimal server is the glibc `dist` build of
 examples/minimal_server.rs with the same worker count (serve's default: one).
 
 Measures warm-cache requests/s and latency p50/p99/p99.9 at 1 and 64 keep-alive connections (IMDS
@@ -38,7 +38,9 @@ import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-REL = os.path.join(ROOT, "target", "release")
+# The minimal server (and the glibc fallback) in the profile the shipped binary uses (`dist`:
+# fat LTO, one codegen unit), so the comparison is like for like.
+REL = os.path.join(ROOT, "target", "dist")
 CLIENT_ID = "11111111-1111-1111-1111-111111111111"
 TENANT = "44444444-4444-4444-4444-444444444444"
 HEADER = "bench-identity-header-0123456789"
@@ -162,7 +164,7 @@ def main():
               "measuring the glibc release build instead, which is not what the image ships", file=sys.stderr)
         binary = os.path.join(REL, "identity-sidecar")
         build = ["--bin", "identity-sidecar"] + build
-    subprocess.run(["cargo", "build", "--release", "--quiet"] + build, cwd=ROOT, check=True)
+    subprocess.run(["cargo", "build", "--profile", "dist", "--quiet"] + build, cwd=ROOT, check=True)
     kind = "static musl" if is_static(binary) else "glibc"
     minimal = os.path.join(REL, "examples", "minimal_server")
     tmp = tempfile.mkdtemp(prefix="idsc-bench-")

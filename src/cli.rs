@@ -6,7 +6,7 @@ use clap::Subcommand;
 /// Parses the process's arguments into one of `C`'s subcommands.
 pub fn try_parse<C: Subcommand>(name: &'static str, about: &'static str) -> Result<C, clap::Error> {
     let frame = clap::Command::new(name)
-        .version(env!("CARGO_PKG_VERSION"))
+        .version(crate::build_info::version_line())
         .about(about)
         .subcommand_required(true)
         .arg_required_else_help(true);

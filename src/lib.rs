@@ -2,6 +2,7 @@
 //! token, so software that only knows managed identity works unmodified in a Kubernetes pod.
 //!
 //! Read it top down:
+//! - [`build_info`]: version, commit and build date (`--version`, start-up log, metrics);
 //! - `ca`: a throw-away certificate authority (the mock's HTTPS, the webhook's `certs`);
 //! - [`cli`]: the command-line frame both binaries share;
 //! - [`cmd`]: one file per subcommand (`serve`, `dev`, `doctor`, `token`, `probe`,
@@ -19,6 +20,7 @@
 //! - [`netfilter`]: the NAT rules that send 169.254.169.254 to the sidecar (init container);
 //! - `mock_aad`: a stand-in Entra ID for local development and tests, never on the request path
 //!   of `serve`; only in builds with the `mock` feature (the default; not the image's build).
+pub mod build_info;
 #[cfg(any(feature = "mock", feature = "webhook"))]
 pub mod ca;
 pub mod cli;

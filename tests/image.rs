@@ -2,9 +2,11 @@
 //! `tests/image/run.sh`, which builds both Dockerfile targets with buildah (the builder stage
 //! stood in for by `scripts/build-static`'s output, the init base by the host's iptables), then
 //! runs the runtime image's entrypoint as its user on a read-only root (`/healthz`, `/readyz`, a
-//! token) and the init image's `init-network`. Needs root, buildah, musl-tools and the musl
-//! target (scripts/install-system-deps); what is missing follows the one skip rule of
-//! `tests/support/system.rs` (a failure under CI or as root, a visible SKIP elsewhere).
+//! token) and the init image's `init-network`, and checks each image's OCI labels, SBOM and
+//! `--version`. Needs root, buildah, musl-tools and the musl target (scripts/install-system-deps),
+//! cargo-auditable and cargo-cyclonedx (scripts/install-cargo-tools); what is missing follows the
+//! one skip rule of `tests/support/system.rs` (a failure under CI or as root, a visible SKIP
+//! elsewhere).
 use std::process::{Command, Stdio};
 
 #[path = "support/system.rs"]
@@ -44,6 +46,9 @@ fn unavailable() -> Option<String> {
         "chroot",
         "unshare",
         "python3",
+        "git",
+        "cargo-auditable",
+        "cargo-cyclonedx",
     ];
     if let Some(why) = system::missing(Some("buildah, chroot, network namespaces"), &tools) {
         return Some(why);

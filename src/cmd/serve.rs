@@ -450,6 +450,9 @@ fn log_startup(
         .or(addrs.first())
         .map_or_else(String::new, |a| format!("http://{a}"));
     tracing::info!(
+        version = crate::build_info::VERSION,
+        commit = crate::build_info::COMMIT,
+        built = crate::build_info::BUILD_DATE,
         listen = %listen.join(","),
         admin_listen = %admin.map_or_else(|| "none".to_string(), |a| a.to_string()),
         audit_log = cfg.audit_log,

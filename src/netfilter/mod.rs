@@ -27,9 +27,12 @@ pub use tool::{Backend, Tool, choose_tool};
 
 /// The user id the sidecar image runs as, and so the one whose traffic is not redirected.
 ///
-/// 1501 is what the Azure Workload Identity proxy image uses (and chose to stay clear of
-/// Istio's 1337), so mesh exclusions written for that proxy keep working.
-pub const SIDECAR_UID: u32 = 1501;
+/// 10501: at or above 10000, clear of the uids a node's own accounts use (checkov CKV_K8S_40,
+/// "containers should run as a high UID"), and of the high uids images commonly pick (10001,
+/// 65532 distroless `nonroot`, 65534 `nobody`): an app container running as this uid would
+/// escape the redirect. Until 0.1 it was 1501, the Azure Workload Identity proxy's uid; mesh
+/// exclusions written for that proxy need this uid instead (docs/kubernetes.md).
+pub const SIDECAR_UID: u32 = 10501;
 /// Our own chain in the `nat` table.
 pub const CHAIN: &str = "IDENTITY_SIDECAR";
 

@@ -157,7 +157,7 @@ mod tests {
 
     fn install(t: &mut FakeTables) {
         Rules::new(t, PathBuf::from("iptables"))
-            .install(8000, 1501)
+            .install(8000, 10501)
             .expect("install");
     }
 
@@ -174,7 +174,7 @@ mod tests {
             rules,
             [
                 "OUTPUT -d 169.254.169.254/32 -p tcp -m tcp --dport 80 -j IDENTITY_SIDECAR",
-                "IDENTITY_SIDECAR -m owner --uid-owner 1501 -j RETURN",
+                "IDENTITY_SIDECAR -m owner --uid-owner 10501 -j RETURN",
                 "IDENTITY_SIDECAR -p tcp -j DNAT --to-destination 127.0.0.1:8000",
             ]
         );
@@ -228,7 +228,7 @@ mod tests {
             ..FakeTables::default()
         };
         let err = Rules::new(&mut t, PathBuf::from("iptables"))
-            .install(8000, 1501)
+            .install(8000, 10501)
             .expect_err("must fail");
         let msg = err.to_string();
         assert!(msg.contains("NET_ADMIN"), "{msg}");

@@ -46,7 +46,7 @@ pub const EXIT_CONFIG: u8 = 2;
 #[derive(Parser, Debug)]
 #[command(
     name = "identity-sidecar-node",
-    version,
+    version = crate::build_info::version_line(),
     about = "Node agent: serves Azure IMDS inside the network namespace of every opted-in pod of its node"
 )]
 pub struct NodeArgs {
@@ -194,6 +194,9 @@ pub fn main() -> ExitCode {
             }
         }
         tracing::info!(
+            version = crate::build_info::VERSION,
+            commit = crate::build_info::COMMIT,
+            built = crate::build_info::BUILD_DATE,
             node = %cfg.node_name,
             kubernetes = %source,
             api = %client.server(),

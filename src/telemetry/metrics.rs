@@ -78,12 +78,9 @@ struct BuildLabels {
     commit: &'static str,
 }
 
-/// The commit the binary was built from: `IDENTITY_SIDECAR_COMMIT` at build time (set by the
-/// build scripts), else `unknown`.
-pub const BUILD_COMMIT: &str = match option_env!("IDENTITY_SIDECAR_COMMIT") {
-    Some(c) => c,
-    None => "unknown",
-};
+/// The commit the binary was built from (`crate::build_info::COMMIT`: `IDENTITY_SIDECAR_COMMIT`
+/// as scripts/build-static sets it, else `unknown`), as `--version` prints it.
+pub const BUILD_COMMIT: &str = crate::build_info::COMMIT;
 
 /// The `resource` label value when no resource allow-list bounds it: all resources together.
 pub const ALL_RESOURCES: &str = "*";

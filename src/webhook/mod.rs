@@ -335,6 +335,9 @@ fn serve(args: ServeArgs) -> ExitCode {
             }
         };
         tracing::info!(
+            version = crate::build_info::VERSION,
+            commit = crate::build_info::COMMIT,
+            built = crate::build_info::BUILD_DATE,
             listen = %listen,
             addr = %running.local_addr(),
             kubernetes = %server,

@@ -55,7 +55,7 @@ pub const TOKEN_AUDIENCE: &str = "api://AzureADTokenExchange";
 /// The sidecar image's binary, for the classic mode's postStart hook.
 pub const BINARY: &str = "/usr/local/bin/identity-sidecar";
 /// The sidecar's uid: the image's USER and the one init-network exempts from the redirect.
-pub const SIDECAR_UID: u32 = 1501;
+pub const SIDECAR_UID: u32 = 10501;
 pub const DEFAULT_PORT: u16 = 8000;
 /// The sidecar's admin port (`--admin-listen 0.0.0.0:PORT`): why 8491 is in
 /// docs/operations.md#admin-listener.

@@ -10,7 +10,10 @@
 #     network namespace: /healthz, /readyz and a token through IMDS from a fake Entra ID;
 #  4. the init image's entrypoint (init-network) runs from its rootfs in the same namespace, and
 #     a request to 169.254.169.254 then reaches the sidecar from (1);
-#  5. the webhook image holds its own binary only and runs it as uid 1501.
+#  5. the webhook image holds its own binary only and runs it as uid 10501;
+#  6. every image carries its binary's SBOM at /usr/share/doc/<binary>/sbom.cdx.json and the OCI
+#     labels (source, revision, version, licenses, created) from the build arguments, and the
+#     binaries' --version names the same commit and date.
 # Prints the image sizes. Cleans up (containers, images, namespace, processes) on any exit.
 set -eu
 repo=$(cd "$(dirname "$0")/../.." && pwd)
@@ -20,6 +23,7 @@ ns=isc-img-$id
 img=localhost/identity-sidecar-test:$id
 init_img=localhost/identity-sidecar-init-test:$id
 webhook_img=localhost/identity-sidecar-webhook-test:$id
+node_img=localhost/identity-sidecar-node-test:$id
 base_img=localhost/isc-iptables-standin:$id
 ctrs=""
 pids=""
@@ -33,7 +37,7 @@ cleanup() {
     for p in $pids; do kill "$p" 2>/dev/null; wait "$p" 2>/dev/null; done
     ip netns del "$ns" 2>/dev/null
     for c in $ctrs; do buildah umount "$c" >/dev/null 2>&1; buildah rm "$c" >/dev/null 2>&1; done
-    buildah rmi "$img" "$init_img" "$webhook_img" "$base_img" >/dev/null 2>&1
+    buildah rmi "$img" "$init_img" "$webhook_img" "$node_img" "$base_img" >/dev/null 2>&1
     if [ "$rc" != 0 ] && [ -s "$work/sidecar.log" ]; then
         echo "--- sidecar log"
         tail -n 30 "$work/sidecar.log"
@@ -44,6 +48,14 @@ trap 'exit 130' INT TERM
 
 mkdir -p "$work"
 rm -f "$work/sidecar.log" "$work/entra.jsonl"
+
+# What is built: the build arguments a release passes (docs/releasing.md), from git.
+commit=$(git -C "$repo" rev-parse HEAD)
+git -C "$repo" diff --quiet HEAD -- || commit="$commit-dirty"
+epoch=$(git -C "$repo" log -1 --format=%ct)
+created=$(date -u -d "@$epoch" +%Y-%m-%dT%H:%M:%SZ)
+version=$(sed -n 's/^version = "\(.*\)"/\1/p' "$repo/Cargo.toml" | head -n1)
+source_url=https://github.com/identity-sidecar/identity-sidecar
 
 say "building the static binary (scripts/build-static)"
 "$repo/scripts/build-static" "$work/builder/out"
@@ -78,6 +90,8 @@ build() { # build TARGET TAG
     buildah build --isolation chroot --pull=never --quiet \
         --build-context "builder=$work/builder" \
         --build-arg "INIT_BASE=$base_img" \
+        --build-arg "VCS_REF=$commit" --build-arg "SOURCE_DATE_EPOCH=$epoch" \
+        --build-arg "CREATED=$created" --build-arg "VERSION=$version" \
         -f "$repo/Dockerfile" --target "$1" -t "$2" "$repo" >/dev/null
 }
 say "buildah build --target runtime"
@@ -86,7 +100,7 @@ say "buildah build --target init"
 build init "$init_img"
 
 user=$(buildah inspect --type image --format '{{.OCIv1.Config.User}}' "$img")
-[ "$user" = "1501:1501" ] || fail "runtime image user is '$user', want 1501:1501"
+[ "$user" = "10501:10501" ] || fail "runtime image user is '$user', want 10501:10501"
 entry=$(buildah inspect --type image --format '{{.OCIv1.Config.Entrypoint}} {{.OCIv1.Config.Cmd}}' "$img")
 say "runtime image: user $user, entrypoint $entry"
 
@@ -185,7 +199,7 @@ esac
 say "buildah build --target webhook"
 build webhook "$webhook_img"
 wuser=$(buildah inspect --type image --format '{{.OCIv1.Config.User}}' "$webhook_img")
-[ "$wuser" = "1501:1501" ] || fail "webhook image user is '$wuser', want 1501:1501"
+[ "$wuser" = "10501:10501" ] || fail "webhook image user is '$wuser', want 10501:10501"
 c=$(buildah from --pull=never "$webhook_img")
 ctrs="$ctrs $c"
 wroot=$(buildah mount "$c")
@@ -197,6 +211,39 @@ case $out in
     *) fail "webhook --version said: $out" ;;
 esac
 say "webhook image size: $(size "$webhook_img")"
+
+# --- what a review reads from each image: OCI labels, the SBOM, --version -------------------
+say "buildah build --target node"
+build node "$node_img"
+c=$(buildah from --pull=never "$node_img")
+ctrs="$ctrs $c"
+nroot=$(buildah mount "$c")
+cmp "$nroot/usr/share/doc/identity-sidecar-node/sbom.cdx.json" \
+    "$work/builder/out/identity-sidecar-node.cdx.json" || fail "node image: SBOM missing or not the build's"
+label() { buildah inspect --type image --format "{{index .OCIv1.Config.Labels \"org.opencontainers.image.$2\"}}" "$1"; }
+for image in "$img" "$init_img" "$webhook_img" "$node_img"; do
+    for kv in "source=$source_url" "revision=$commit" "version=$version" \
+        "licenses=MIT OR Apache-2.0" "created=$created"; do
+        got=$(label "$image" "${kv%%=*}")
+        [ "$got" = "${kv#*=}" ] || fail "$image: label org.opencontainers.image.${kv%%=*} is '$got', want '${kv#*=}'"
+    done
+done
+say "OCI labels on all four images: revision $commit, version $version, created $created"
+cmp "$root/usr/share/doc/identity-sidecar/sbom.cdx.json" "$work/builder/out/identity-sidecar.cdx.json" \
+    || fail "runtime image: SBOM missing or not the build's"
+cmp "$init_root/usr/share/doc/identity-sidecar/sbom.cdx.json" "$work/builder/out/identity-sidecar.cdx.json" \
+    || fail "init image: SBOM missing or not the build's"
+cmp "$wroot/usr/share/doc/identity-sidecar-webhook/sbom.cdx.json" \
+    "$work/builder/out/identity-sidecar-webhook.cdx.json" || fail "webhook image: SBOM missing or not the build's"
+say "SBOMs in the images at /usr/share/doc/<binary>/sbom.cdx.json"
+want_version="$version (commit $commit, built $created)"
+v=$(env -i "$(command -v chroot)" --userspec="$user" "$root" /usr/local/bin/identity-sidecar --version)
+[ "$v" = "identity-sidecar $want_version" ] || fail "runtime image --version: '$v', want 'identity-sidecar $want_version'"
+[ "$out" = "identity-sidecar-webhook $want_version" ] \
+    || fail "webhook image --version: '$out', want 'identity-sidecar-webhook $want_version'"
+nv=$(env -i "$(command -v chroot)" "$nroot" /usr/local/bin/identity-sidecar-node --version)
+[ "$nv" = "identity-sidecar-node $want_version" ] || fail "node image --version: '$nv', want 'identity-sidecar-node $want_version'"
+say "--version: $v"
 
 say "runtime image size: $runtime_size"
 say "init image size: $init_size (on the stand-in base: host iptables)"

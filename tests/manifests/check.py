@@ -19,7 +19,7 @@ SIDECAR = "identity-sidecar"
 INIT = "identity-sidecar-init"
 TOKEN_PATH = "azure-identity-token"
 EXPECTED = {"app-service", "imds-intercept", "azwi-webhook", "job", "legacy-sidecar"}
-SIDECAR_UID = 1501
+SIDECAR_UID = 10501
 ADMIN_PORT = "identity-admin"
 # The Pod Security level each overlay's pods meet (docs/kubernetes.md#pod-security): imds-intercept
 # adds NET_ADMIN to an init container running as uid 0, which baseline already forbids.

@@ -63,6 +63,22 @@ def check_common(docs):
     svc = one(docs, "Service")
     check(svc["spec"]["ports"][0]["port"] == 443, "Service port 443")
 
+    # Only the webhook's own traffic: in on its port; out to the API server and DNS.
+    netpol = one(docs, "NetworkPolicy")
+    check(netpol["metadata"]["namespace"] == NS, "NetworkPolicy namespace")
+    check(netpol["spec"]["podSelector"] == dep["spec"]["selector"], "NetworkPolicy selects the webhook's pods")
+    check(sorted(netpol["spec"]["policyTypes"]) == ["Egress", "Ingress"], "NetworkPolicy restricts both directions")
+    port = c["ports"][0]["containerPort"]
+    check(netpol["spec"]["ingress"] == [{"ports": [{"protocol": "TCP", "port": port}]}],
+          f"ingress only on the webhook's port {port}, got {netpol['spec']['ingress']}")
+    out_ports = sorted((p["protocol"], p["port"]) for rule in netpol["spec"]["egress"] for p in rule["ports"])
+    check(out_ports == [("TCP", 53), ("TCP", 443), ("TCP", 6443), ("UDP", 53)],
+          f"egress only to the API server (443/6443) and DNS (53), got {out_ports}")
+    dns = [r for r in netpol["spec"]["egress"] if any(p["port"] == 53 for p in r["ports"])]
+    check(len(dns) == 1 and dns[0].get("to") == [{
+        "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "kube-system"}},
+        "podSelector": {"matchLabels": {"k8s-app": "kube-dns"}}}], "DNS only to kube-system's kube-dns")
+
     role = one(docs, "ClusterRole")
     check(role["rules"] == [{"apiGroups": [""], "resources": ["serviceaccounts"], "verbs": ["get"]}],
           f"RBAC must be get serviceaccounts only, got {role['rules']}")
