@@ -29,7 +29,7 @@ def main():
     a = ap.parse_args()
     import run as bench  # bench/run.py helpers
 
-    subprocess.run(["cargo", "build", "--release", "--quiet", "--bin", "identity-sidecar"], cwd=ROOT, check=True)
+    subprocess.run(["cargo", "build", "--profile", "dist", "--quiet", "--bin", "identity-sidecar"], cwd=ROOT, check=True)
     tmp = tempfile.mkdtemp(prefix="idsc-soak-")
     tok = os.path.join(tmp, "token")
     with open(tok, "w") as f:

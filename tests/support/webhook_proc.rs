@@ -35,7 +35,7 @@ impl Drop for Webhook {
 }
 
 /// The webhook binary: `IDENTITY_SIDECAR_WEBHOOK_BIN`, else the one cargo built for this test,
-/// else the release build (the benchmark, an example, gets no `CARGO_BIN_EXE_*`).
+/// else the `dist` build (the benchmark, an example, gets no `CARGO_BIN_EXE_*`).
 pub fn binary() -> PathBuf {
     if let Some(b) = std::env::var_os("IDENTITY_SIDECAR_WEBHOOK_BIN") {
         return PathBuf::from(b);
@@ -43,7 +43,7 @@ pub fn binary() -> PathBuf {
     match option_env!("CARGO_BIN_EXE_identity-sidecar-webhook") {
         Some(b) => PathBuf::from(b),
         None => PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-            .join("target/release/identity-sidecar-webhook"),
+            .join("target/dist/identity-sidecar-webhook"),
     }
 }
 
