@@ -42,8 +42,9 @@ pub fn binary() -> PathBuf {
     }
     match option_env!("CARGO_BIN_EXE_identity-sidecar-webhook") {
         Some(b) => PathBuf::from(b),
-        None => PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-            .join("target/dist/identity-sidecar-webhook"),
+        None => {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/dist/identity-sidecar-webhook")
+        }
     }
 }
 
