@@ -1,5 +1,5 @@
 # syntax=docker/dockerfile:1
-# identity-sidecar images, two targets from one static binary:
+# identity-sidecar images, four targets from one static build (three binaries):
 #
 #   runtime (default)  the sidecar: FROM scratch, the binary, a CA bundle, uid 10501, no shell.
 #                      Needs nothing writable: run it with readOnlyRootFilesystem: true.
@@ -7,10 +7,13 @@
 #                      distroless iptables base; its entrypoint is `identity-sidecar init-network`.
 #   webhook            the admission webhook (manifests/webhook): FROM scratch, its own binary
 #                      (identity-sidecar-webhook), uid 10501; the per-pod image does not carry it.
+#   node               the node agent of node mode (manifests/node): FROM scratch, its own binary
+#                      (identity-sidecar-node), root with the capabilities its DaemonSet adds.
 #
 #   docker build -t identity-sidecar .                 (or: buildah build ...)
 #   docker build --target init -t identity-sidecar-init .
 #   docker build --target webhook -t identity-sidecar-webhook .
+#   docker build --target node -t identity-sidecar-node .
 #
 # Build arguments: RUST_VERSION, BUILDER_IMAGE, RUNTIME_BASE (scratch, or a distroless static
 # image), INIT_BASE (needs iptables-nft and/or iptables-legacy in /usr/sbin or PATH), and what
@@ -129,7 +132,6 @@ EXPOSE 9443
 ENTRYPOINT ["/usr/local/bin/identity-sidecar-webhook"]
 CMD ["serve"]
 
-# Last, so it stays the default target.
 # The node agent of node mode (manifests/node): root with the capabilities its DaemonSet adds.
 FROM ${RUNTIME_BASE} AS node
 COPY --from=builder /out/etc/ssl/certs/ca-certificates.crt /etc/ssl/certs/ca-certificates.crt
@@ -149,6 +151,7 @@ LABEL org.opencontainers.image.title="identity-sidecar-node" \
 USER 0:0
 ENTRYPOINT ["/usr/local/bin/identity-sidecar-node"]
 
+# Last, so it stays the default target.
 FROM ${RUNTIME_BASE} AS runtime
 COPY --from=builder /out/etc/ssl/certs/ca-certificates.crt /etc/ssl/certs/ca-certificates.crt
 COPY --from=builder /out/identity-sidecar /usr/local/bin/identity-sidecar
